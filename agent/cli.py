@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="segloop", description=__doc__.split("\n")[0].strip('`" '))
+    parser = argparse.ArgumentParser(prog="segloop", description="segloop: segment what a sentence asks for by acting.")
     parser.add_argument("--version", action="version", version="segloop 0.1.0")
     top = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     groups: dict[str, argparse._SubParsersAction] = {}
