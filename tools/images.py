@@ -17,6 +17,12 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 MAX_IMAGE_PIXELS = 120_000_000
 
 
+# EXIF tag 0x0112: how the camera was held; 1 means the pixels are already upright.
+_EXIF_ORIENTATION = 0x0112
+# Pixels converted per step by _rgb_in_strips (about 12 MB of RGB).
+_STRIP_PIXELS = 4_000_000
+
+
 class ImageError(ValueError):
     """An image or mask that cannot be used, with a message that says why."""
 
@@ -44,7 +50,10 @@ def _open(path: str | Path) -> Image.Image:
 
 def to_rgb_array(img: Image.Image) -> np.ndarray:
     """Any PIL image as (H, W, 3) uint8 RGB, with EXIF orientation applied and alpha dropped."""
-    img = ImageOps.exif_transpose(img) or img
+    # exif_transpose copies the whole image even when there is nothing to rotate: only call it when
+    # the orientation tag asks for a rotation or flip.
+    if img.getexif().get(_EXIF_ORIENTATION, 1) != 1:
+        img = ImageOps.exif_transpose(img)
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16/32-bit grayscale: scale the actual range to 0..255 rather than clip at 255.
         arr = np.asarray(img, dtype=np.float64)
@@ -63,7 +72,19 @@ def to_rgb_array(img: Image.Image) -> np.ndarray:
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         img = Image.alpha_composite(background, rgba)
-    return np.ascontiguousarray(np.asarray(img.convert("RGB"), dtype=np.uint8))
+    return _rgb_in_strips(img)
+
+
+def _rgb_in_strips(img: Image.Image) -> np.ndarray:
+    """``img`` converted to RGB strip by strip into one preallocated array: converting a large image
+    in one go holds two more full copies (PIL's converted image and its bytes) at the peak."""
+    width, height = img.size
+    out = np.empty((height, width, 3), np.uint8)
+    rows = max(1, _STRIP_PIXELS // width)
+    for top in range(0, height, rows):
+        strip = img.crop((0, top, width, min(top + rows, height)))
+        out[top : top + strip.height] = np.asarray(strip.convert("RGB") if strip.mode != "RGB" else strip)
+    return out
 
 
 def load_image(path: str | Path) -> np.ndarray:

@@ -204,6 +204,13 @@ def zoom_in(view: View, bbox: Sequence[float], image_width: int, image_height: i
         grow = min_long / long_now
         min_w = max(min_w, min(image_width, math.ceil((x2 - x1) * grow)))
         min_h = max(min_h, min(image_height, math.ceil((y2 - y1) * grow)))
+        if max(min_w, min_h) < min_long:
+            # One side is already the image's full extent: the other grows instead, else a narrow image
+            # would allow zooming past max_zoom.
+            if min_w == image_width:
+                min_h = max(min_h, min(image_height, min_long))
+            else:
+                min_w = max(min_w, min(image_width, min_long))
     x1, x2 = _grow_span(x1, x2, min_w, view.box.x1, view.box.x2, image_width)
     y1, y2 = _grow_span(y1, y2, min_h, view.box.y1, view.box.y2, image_height)
     width, height = model_size(x2 - x1, y2 - y1, max_side)

@@ -94,6 +94,7 @@ class Segmenter(ABC):
         height, width = image.shape[:2]
         if not (0 <= region.x1 < region.x2 <= width and 0 <= region.y1 < region.y2 <= height):
             raise SegmenterError(f"region {region.as_tuple()} is not inside the {width}x{height} image")
+        _check_prompt(prompt, region, (height, width))
         embedding = self.embedding(image, image_key, region)
         crop = image[region.y1 : region.y2, region.x1 : region.x2]
         local = prompt.shifted(region.x1, region.y1)
@@ -110,3 +111,20 @@ class Segmenter(ABC):
     def clear_cache(self) -> None:
         with self._lock:
             self._cache.clear()
+
+
+def _check_prompt(prompt: Prompt, region: PixelBox, image_shape: tuple[int, int]) -> None:
+    """Refuse prompts that cannot mean anything in ``region``: points outside it, a box not overlapping
+    it, a previous mask of another size. A box partly outside is fine (backends clip it)."""
+    r = region
+    for x, y in prompt.points:
+        if not (r.x1 <= x <= r.x2 and r.y1 <= y <= r.y2):
+            raise SegmenterError(f"point ({x:g}, {y:g}) is outside the region {r.as_tuple()}")
+    if prompt.box is not None:
+        x1, y1, x2, y2 = prompt.box
+        if not (x1 < x2 and y1 < y2):
+            raise SegmenterError(f"box {prompt.box} is empty: need x1 < x2 and y1 < y2")
+        if x2 <= r.x1 or y2 <= r.y1 or x1 >= r.x2 or y1 >= r.y2:
+            raise SegmenterError(f"box {prompt.box} does not overlap the region {r.as_tuple()}")
+    if prompt.mask is not None and np.shape(prompt.mask) != image_shape:
+        raise SegmenterError(f"previous mask is {np.shape(prompt.mask)}, image is {image_shape}")

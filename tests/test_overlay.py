@@ -1,0 +1,105 @@
+"""The overlay the model sees and the statistics line about the candidate mask."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from tools.overlay import BOX_RGB, NEGATIVE_RGB, POSITIVE_RGB, mask_stats, render_overlay
+from tools.views import PixelBox, View, ViewStack, full_view
+
+
+def _scene(width: int = 400, height: int = 300) -> tuple[np.ndarray, np.ndarray]:
+    image = np.full((height, width, 3), 128, np.uint8)
+    mask = np.zeros((height, width), bool)
+    mask[100:200, 150:250] = True
+    return image, mask
+
+
+def test_overlay_has_model_size_and_tints_only_the_mask() -> None:
+    image, mask = _scene()
+    view = full_view(400, 300, max_side=224)
+    out = render_overlay(image, view, mask)
+    assert out.shape == (view.height, view.width, 3) and out.dtype == np.uint8
+    # Centre of the mask: tinted green; a far corner: untouched grey.
+    cy, cx = round(150 * view.scale_y), round(200 * view.scale_x)
+    r, g, b = (int(v) for v in out[cy, cx])
+    assert g > 128 + 40 and r < 128 and b < 128
+    assert tuple(out[2, 2]) == (128, 128, 128)
+
+
+def test_overlay_draws_box_and_points_in_their_colours() -> None:
+    image, mask = _scene()
+    view = View(PixelBox(0, 0, 400, 300), 400, 300)
+    out = render_overlay(image, view, np.zeros_like(mask), box=(20, 20, 120, 120),
+                         points=[(300, 250), (60, 250)], labels=[1, 0])
+    assert tuple(out[20, 70]) == BOX_RGB
+    assert tuple(out[250, 300]) == POSITIVE_RGB
+    assert tuple(out[250, 60]) == NEGATIVE_RGB
+
+
+def test_overlay_in_a_zoomed_view_maps_original_pixels() -> None:
+    image, _ = _scene()
+    view = View(PixelBox(100, 50, 300, 250), 400, 400)  # 2x zoom
+    out = render_overlay(image, view, None, points=[(150, 100)], labels=[1])
+    assert tuple(out[100, 100]) == POSITIVE_RGB  # (150-100)*2, (100-50)*2
+
+
+def test_overlay_rejects_wrong_mask_shape_and_label_count() -> None:
+    image, mask = _scene()
+    view = full_view(400, 300)
+    with pytest.raises(ValueError, match="image-sized"):
+        render_overlay(image, view, mask[:10])
+    with pytest.raises(ValueError, match="labels"):
+        render_overlay(image, view, mask, points=[(1, 1)], labels=[])
+
+
+def test_stats_by_hand() -> None:
+    _, mask = _scene()
+    view = View(PixelBox(0, 0, 400, 300), 400, 300)
+    stats = mask_stats(mask, view, (400, 300))
+    assert stats.view_share == pytest.approx(100 * 100 / (400 * 300))
+    assert stats.image_share == stats.view_share
+    assert stats.box == (150, 100, 250, 200)
+    assert stats.components == 1 and not stats.touches_border and stats.outside_share == 0
+    assert "1 connected part" in stats.describe() and "[150, 100, 250, 200]" in stats.describe()
+
+
+def test_stats_in_a_zoomed_norm1000_view() -> None:
+    _, mask = _scene()
+    mask[10:20, 10:20] = True  # a second part, outside the view below
+    view = View(PixelBox(150, 100, 350, 300), 500, 500, "norm1000")
+    stats = mask_stats(mask, view, (400, 300))
+    assert stats.box == (0, 0, 500, 500)
+    assert stats.touches_border
+    assert stats.components == 1
+    assert stats.outside_share == pytest.approx(100 / 10100)
+    assert stats.view_share == pytest.approx(10000 / (200 * 200))
+    assert "outside the view" in stats.describe() and "edge" in stats.describe()
+
+
+def test_stats_empty_and_out_of_view() -> None:
+    _, mask = _scene()
+    assert mask_stats(np.zeros_like(mask), full_view(400, 300), (400, 300)).describe() == "mask is empty"
+    stats = mask_stats(mask, View(PixelBox(0, 0, 100, 100), 112, 112), (400, 300))
+    assert stats.box is None and stats.components == 0
+    assert "outside this view" in stats.describe()
+    with pytest.raises(ValueError, match="image-sized"):
+        mask_stats(mask, full_view(400, 300), (300, 400))
+
+
+def test_overlay_and_stats_are_cheap_on_a_large_image() -> None:
+    size = 2048
+    image = np.random.default_rng(0).integers(0, 255, (size, size, 3), dtype=np.uint8)
+    mask = np.zeros((size, size), bool)
+    mask[900:1100, 900:1100] = True
+    stack = ViewStack(size, size, max_side=448)
+    stack.zoom_in([180, 180, 260, 260])
+    start = time.perf_counter()
+    for _ in range(5):
+        render_overlay(image, stack.current, mask, box=(900, 900, 1100, 1100), points=[(1000, 1000)], labels=[1])
+        mask_stats(mask, stack.current, (size, size))
+    # Measured ~10 ms per turn here; the bound leaves room for a loaded 2-core CI machine.
+    assert (time.perf_counter() - start) / 5 < 0.25
