@@ -7,6 +7,7 @@ A turn is optional ``<think>...</think>`` and one ``<tool_call>{"name": ..., "ar
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -110,7 +111,13 @@ _ACTION_ADAPTER: TypeAdapter[Action] = TypeAdapter(Action)
 
 
 def tool_schemas() -> list[dict[str, Any]]:
-    """The tools in the OpenAI / chat-template ``tools=`` format."""
+    """The tools in the OpenAI / chat-template ``tools=`` format (a fresh copy each call)."""
+    return json.loads(_tool_schemas_json())
+
+
+@functools.cache
+def _tool_schemas_json() -> str:
+    # Built once: pydantic's schema generation costs ~10 ms, paid by every episode's system prompt.
     schemas = []
     for action_type in ACTION_TYPES:
         schema = action_type.model_json_schema()
@@ -126,7 +133,7 @@ def tool_schemas() -> list[dict[str, Any]]:
                 "parameters": {"type": "object", "properties": properties, "required": required},
             },
         })
-    return schemas
+    return json.dumps(schemas)
 
 
 class ActionError(BaseModel):

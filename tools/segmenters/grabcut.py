@@ -85,6 +85,9 @@ class GrabCutSegmenter(Segmenter):
         if np.count_nonzero(foreground) >= _MIN_SAMPLES and np.count_nonzero(~foreground) >= _MIN_SAMPLES:
             bgd_model = np.zeros((1, 65), np.float64)
             fgd_model = np.zeros((1, 65), np.float64)
+            # GrabCut's k-means starts from OpenCV's per-thread RNG: seed it so a prompt gives the same mask
+            # whichever worker thread runs it.
+            cv2.setRNGSeed(0)
             try:
                 cv2.grabCut(frame.pixels, seed, None, bgd_model, fgd_model, self.iterations, cv2.GC_INIT_WITH_MASK)
             except cv2.error as exc:

@@ -1,0 +1,229 @@
+"""``segloop batch``: agent episodes over a dataset, at most N in flight, scored and resumable.
+
+Each finished episode is one line of ``DIR/trajectories.jsonl``, appended, flushed and fsynced at once,
+so a run killed at any moment loses at most the episodes in flight; re-running into the same folder
+skips every sample already there. A line torn by the kill (no newline, or not JSON) is cut off first.
+``DIR/metrics.json`` and ``DIR/report.html`` are rewritten from the whole file at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import re
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from tools.masks import Metrics, SampleScore, score_sample
+from tools.segmenters import SEGMENTERS
+
+TRAJECTORIES = "trajectories.jsonl"
+
+
+class BatchError(ValueError):
+    """A batch that cannot run or resume (bad folder contents, bad options)."""
+
+
+def episode_folder(sample_id: str) -> str:
+    """A file-system-safe folder name for a sample id (ids may hold slashes or spaces); a changed id
+    gets a short hash so that "a/b" and "a_b" do not share a folder."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", sample_id).strip("._")[:100]
+    if safe == sample_id:
+        return safe
+    return f"{safe or 'sample'}-{hashlib.sha1(sample_id.encode()).hexdigest()[:8]}"
+
+
+def read_finished(path: Path) -> list[dict[str, Any]]:
+    """The finished episodes in ``path``; a torn last line is cut from the file. A broken line before
+    the last one is not a kill's trace: that is an error."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    records: list[dict[str, Any]] = []
+    good_bytes = 0
+    for index, line in enumerate(lines):
+        last = index == len(lines) - 1
+        if not line.strip():
+            if not last:
+                good_bytes += len(line) + 1
+            continue
+        try:
+            record = json.loads(line)
+            if last or not isinstance(record, dict) or "sample_id" not in record:
+                raise ValueError("torn")  # a complete line always ends with a newline
+        except ValueError:
+            if not last:
+                raise BatchError(f"{path}: line {index + 1} is not a finished episode record; "
+                                 "this folder holds something else, choose another --out") from None
+            break
+        records.append(record)
+        good_bytes += len(line) + 1
+    if good_bytes < len(data):
+        with path.open("r+b") as handle:
+            handle.truncate(good_bytes)
+    return records
+
+
+class _Writer:
+    """Appends one JSON line per episode and makes it durable before the next."""
+
+    def __init__(self, path: Path) -> None:
+        self._handle = path.open("a", encoding="utf-8")
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._handle.write(json.dumps(record) + "\n")
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+async def run_batch(agent: Any, samples: list[Any], out: Path, concurrency: int = 4,
+                    progress: bool = True, save_overlays: bool = True) -> dict[str, Any]:
+    """Run every sample not yet in ``out``; write lines, per-episode folders, metrics and the report.
+    Returns the metrics."""
+    from tqdm import tqdm
+
+    from agent.episode import save_episode
+
+    if concurrency < 1:
+        raise BatchError("--concurrency must be at least 1")
+    out.mkdir(parents=True, exist_ok=True)
+    finished = read_finished(out / TRAJECTORIES)
+    done = {r["sample_id"] for r in finished}
+    todo = [s for s in samples if s.id not in done]
+    writer = _Writer(out / TRAJECTORIES)
+    bar = tqdm(total=len(samples), initial=len(samples) - len(todo), disable=not progress, unit="ep",
+               desc="episodes", file=sys.stderr)
+    queue = iter(todo)
+    started = time.perf_counter()
+
+    async def one(sample: Any) -> dict[str, Any]:
+        try:
+            image = await asyncio.to_thread(sample.load_image)
+            shape = image.shape[:2]
+            truth = await asyncio.to_thread(sample.load_mask, shape)
+            ignore = await asyncio.to_thread(sample.load_ignore, shape)
+        except (OSError, ValueError) as exc:
+            return {"sample_id": sample.id, "kind": sample.kind, "error": f"{type(exc).__name__}: {exc}"[:300]}
+        result = await agent.run(image, sample.query, episode_id=sample.id,
+                                 ground_truth=truth, ignore=ignore)
+        score = score_sample(sample.id, result.mask, truth, ignore, kind=sample.kind)
+        if save_overlays:
+            await asyncio.to_thread(save_episode, result, out / "episodes" / episode_folder(sample.id))
+        return {"sample_id": sample.id, "kind": sample.kind, "iou": score.iou, "intersection": score.intersection,
+                "union": score.union, "size_class": score.size_class,
+                "trajectory": result.trajectory.model_dump(mode="json")}
+
+    async def worker() -> None:
+        for sample in queue:  # one shared iterator: each sample is taken by exactly one worker
+            record = await one(sample)
+            writer.write(record)
+            finished.append(record)
+            bar.update(1)
+
+    try:
+        await asyncio.gather(*(worker() for _ in range(min(concurrency, max(len(todo), 1)))))
+    finally:
+        writer.close()
+        bar.close()
+    elapsed = time.perf_counter() - started
+    metrics = summarise(finished, ran=len(todo), seconds=elapsed)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    from agent.report import write_report
+
+    write_report(out, finished, metrics)
+    return metrics
+
+
+def summarise(records: list[dict[str, Any]], ran: int = 0, seconds: float = 0.0) -> dict[str, Any]:
+    """Metrics over finished episode records: gIoU/cIoU overall, by kind and size class, per sample; turns,
+    invalid-action rate, tool calls, throughput of this run."""
+    metrics = Metrics()
+    scored = [r for r in records if "error" not in r]
+    for r in scored:
+        metrics.add(SampleScore(id=r["sample_id"], iou=r["iou"], intersection=r["intersection"], union=r["union"],
+                                kind=r["kind"], size_class=r["size_class"]))
+    turns = [len(r["trajectory"]["turns"]) for r in scored]
+    invalid = sum(r["trajectory"]["invalid_actions"] for r in scored)
+    tools: Counter[str] = Counter()
+    for r in scored:
+        tools.update(r["trajectory"]["tool_counts"])
+    return {
+        **metrics.summary(),
+        "mean_turns": sum(turns) / len(turns) if turns else 0.0,
+        "invalid_action_rate": invalid / sum(turns) if turns and sum(turns) else 0.0,
+        "tool_calls": dict(sorted(tools.items())),
+        "submitted_rate": sum(r["trajectory"]["submitted"] for r in scored) / len(scored) if scored else 0.0,
+        "policy_errors": sum(r["trajectory"]["policy_error"] is not None for r in scored),
+        "failed_samples": {r["sample_id"]: r["error"] for r in records if "error" in r},
+        "episodes_run": ran,
+        "episodes_per_s": ran / seconds if seconds > 0 else 0.0,
+    }
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True,
+                        help="a manifest (or a --data spec: reasonseg:DIR, refcoco:..., cod:...)")
+    parser.add_argument("--policy", default="compact",
+                        help="oracle, single-shot, random, compact, transformers, openai")
+    parser.add_argument("--model", default=None, help="the policy's checkpoint, or the served model's name")
+    parser.add_argument("--base-url", default=None, help="OpenAI-compatible server URL (policy openai)")
+    parser.add_argument("--segmenter", default="grabcut", choices=SEGMENTERS)
+    parser.add_argument("--segmenter-model", default=None, help="SAM2 checkpoint (hub id or path)")
+    parser.add_argument("--out", type=Path, required=True, help="output folder; re-running into it resumes")
+    parser.add_argument("--concurrency", type=int, default=4, help="episodes in flight (default 4)")
+    parser.add_argument("--limit", type=int, default=None, help="only the first K samples")
+    parser.add_argument("--max-turns", type=int, default=8)
+    parser.add_argument("--max-side", type=int, default=None,
+                        help="longest side of the images the policy is shown (scripted policies; default 1024)")
+    parser.add_argument("--seed", type=int, default=None, help="seed of the oracle's noise / random policy")
+    parser.add_argument("--no-overlays", action="store_true", help="skip the per-episode PNGs")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        metrics = asyncio.run(_main(args))
+    except (BatchError, ValueError, OSError, RuntimeError, ImportError) as exc:
+        print(f"segloop batch: {exc}", file=sys.stderr)
+        return 2
+    from tools.masks import format_table
+
+    print(format_table(metrics))
+    print(f"mean turns {metrics['mean_turns']:.2f}, invalid actions {metrics['invalid_action_rate']:.2%}, "
+          f"{metrics['episodes_per_s']:.2f} episodes/s; results in {args.out}")
+    return 0
+
+
+async def _main(args: argparse.Namespace) -> dict[str, Any]:
+    from agent.datasets import load_samples
+    from agent.episode import Agent, EpisodeConfig
+    from policies import build_policy
+    from tools.segmenters import build_segmenter
+
+    if args.limit is not None and args.limit < 1:
+        raise BatchError("--limit must be at least 1")
+    samples = load_samples(args.data)[: args.limit]
+    if not samples:
+        raise BatchError(f"{args.data} holds no samples")
+    options: dict[str, Any] = {}
+    if args.max_side is not None:
+        options["max_side"] = args.max_side
+    if args.seed is not None:
+        options["seed"] = args.seed
+    if args.base_url is not None:
+        options["base_url"] = args.base_url
+    policy = build_policy(args.policy, model=args.model, **options)
+    segmenter = build_segmenter(args.segmenter, model=args.segmenter_model)
+    agent = Agent(policy, segmenter, EpisodeConfig(max_turns=args.max_turns))
+    return await run_batch(agent, samples, args.out, args.concurrency, progress=not args.quiet,
+                           save_overlays=not args.no_overlays)
