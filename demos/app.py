@@ -1,0 +1,155 @@
+"""``segloop demo``: chat with the agent in the browser and watch every turn.
+
+Upload an image (or pick a bundled sample), type what to segment, and the agent's turns stream in: its
+thought, its tool call and the overlay it saw. The final mask is drawn over the image and offered as a
+PNG and as COCO RLE JSON; every episode is saved as ``segloop run`` saves it. A follow-up request on the
+same image continues the same LangGraph thread. Each browser session keeps its own state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from demos.backends import BackendChoice, Backends, DemoConfig
+from demos.make_samples import load_samples
+
+DEFAULT_PORT = 7860
+TITLE = "segloop: segment what a sentence asks for, by acting"
+INTRO = (
+    "The agent looks at the image, zooms in, prompts the segmenter with boxes and points, inspects "
+    "the mask and submits. Each turn below shows its reasoning, the tool call it wrote and the overlay "
+    "it was shown. Ask a follow-up about the same image to continue the conversation."
+)
+OFFLINE_LABEL = "offline agent (bundled)"
+OPENAI_LABEL = "OpenAI-compatible server"
+CSS = """
+#final-overlay img { object-fit: contain; }
+#status { min-height: 2.5em; }
+"""
+
+
+def build_app(backends: Backends, out_dir: Path, work_root: Path | None = None) -> Any:
+    """The Gradio Blocks app; ``out_dir`` receives the saved episodes, ``work_root`` the overlays
+    streamed to the browser (a temporary folder by default)."""
+    import gradio as gr
+
+    from demos.chat import respond
+    from demos.session import DemoSession
+
+    work_root = Path(work_root or tempfile.mkdtemp(prefix="segloop-demo-"))
+    samples = load_samples()
+
+    def session_of(state: DemoSession | None) -> DemoSession:
+        return state if state is not None else DemoSession.new(work_root)
+
+    async def on_send(state: DemoSession | None, image_path: str | None, query: str, backend: str,
+                      url: str | None, model: str | None):
+        session = session_of(state)
+        choice = BackendChoice(kind="openai" if backend == OPENAI_LABEL else "offline",
+                               url=url, model=model)
+        async for screen in respond(session, image_path, query, choice, backends, out_dir):
+            final = None if screen.clear else screen.final if screen.final is not None else gr.skip()
+            files = None if screen.clear else screen.files or gr.skip()
+            yield session, screen.chat, screen.status, final, files
+
+    def on_stop(state: DemoSession | None):
+        return "Stopped. The next request starts a new conversation."
+
+    def on_new(state: DemoSession | None):
+        session = session_of(state)
+        session.reset()
+        return session, [], "New conversation.", None, None
+
+    def on_backend(backend: str):
+        return gr.update(visible=backend == OPENAI_LABEL)
+
+    with gr.Blocks(title="segloop demo", analytics_enabled=False) as app:
+        state = gr.State(None)
+        gr.Markdown(f"## {TITLE}\n{INTRO}")
+        with gr.Row():
+            with gr.Column(scale=2, min_width=320):
+                image = gr.Image(label="Image", type="filepath", image_mode=None, sources=["upload", "clipboard"],
+                                 elem_id="input-image", height=320)
+                query = gr.Textbox(label="Request", placeholder="e.g. the only green star", elem_id="query",
+                                   lines=1, max_lines=3)
+                with gr.Row():
+                    send = gr.Button("Segment", variant="primary", elem_id="send")
+                    stop = gr.Button("Stop", variant="stop", elem_id="stop")
+                    new = gr.Button("New conversation", elem_id="new")
+                if samples:
+                    gr.Examples(examples=[[str(path), text] for path, text in samples], inputs=[image, query],
+                                label="Samples (synthetic scenes)", elem_id="samples")
+                with gr.Accordion("Backend", open=False, elem_id="backend-box"):
+                    backend = gr.Radio([OFFLINE_LABEL, OPENAI_LABEL], value=OFFLINE_LABEL, label="Agent",
+                                       elem_id="backend")
+                    with gr.Group(visible=False) as server_box:
+                        url = gr.Textbox(label="Server URL", placeholder="http://localhost:8000/v1", elem_id="url")
+                        model = gr.Textbox(label="Model", placeholder="Qwen/Qwen2.5-VL-7B-Instruct", elem_id="model")
+                        gr.Markdown("An API key, if the server needs one, is read from `OPENAI_API_KEY` "
+                                    "in the environment the demo was started in.")
+                    gr.Markdown(f"Offline policy: `{backends.config.policy}`; segmenter: "
+                                f"`{backends.config.segmenter}`; at most {backends.config.max_turns} turns.")
+            with gr.Column(scale=3, min_width=400):
+                chat = gr.Chatbot(label="Agent turns", elem_id="turns", height=560, buttons=["copy"],
+                                  feedback_options=None, group_consecutive_messages=False)
+                status = gr.Markdown("Pick a sample or upload an image, then type a request.", elem_id="status")
+                with gr.Row():
+                    final = gr.Image(label="Final mask", elem_id="final-overlay", interactive=False, height=320,
+                                     format="png")
+                    files = gr.File(label="Download mask (PNG, COCO RLE JSON)", file_count="multiple",
+                                    elem_id="downloads", interactive=False)
+
+        inputs = [state, image, query, backend, url, model]
+        outputs = [state, chat, status, final, files]
+        run = send.click(on_send, inputs, outputs, concurrency_limit=None)
+        submitted = query.submit(on_send, inputs, outputs, concurrency_limit=None)
+        stop.click(on_stop, [state], [status], cancels=[run, submitted])
+        new.click(on_new, [state], outputs, cancels=[run, submitted])
+        backend.change(on_backend, [backend], [server_box])
+    return app
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--policy", default="compact",
+                        help="offline policy (default: compact, the bundled agent)")
+    parser.add_argument("--model", default=None, help="the offline policy's checkpoint (its default when omitted)")
+    parser.add_argument("--segmenter", default="grabcut", help="grabcut (no weights), sam2 or sam2-official")
+    parser.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0 for every interface)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to serve on (default {DEFAULT_PORT})")
+    parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="where episodes are saved")
+    parser.add_argument("--max-turns", type=int, default=8, help="turn budget of an episode")
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.max_turns < 1:
+        print("segloop demo: --max-turns must be at least 1", file=sys.stderr)
+        return 2
+    if not 0 < args.port < 65536:
+        print(f"segloop demo: --port {args.port} is not a port number", file=sys.stderr)
+        return 2
+    backends = Backends(DemoConfig(policy=args.policy, model=args.model, segmenter=args.segmenter,
+                                   max_turns=args.max_turns))
+    try:
+        backends.load_offline()
+    except Exception as exc:  # a bad --policy/--model/--segmenter is a user error: one line, no traceback
+        print(f"segloop demo: cannot load the agent: {exc}", file=sys.stderr)
+        return 2
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"segloop demo: cannot write episodes to {args.out}: {exc.strerror}", file=sys.stderr)
+        return 2
+    app = build_app(backends, args.out.resolve())
+    print(f"segloop demo on http://{args.host}:{args.port} (episodes saved under {args.out})", flush=True)
+    try:
+        app.queue(default_concurrency_limit=None).launch(
+            server_name=args.host, server_port=args.port, show_error=True, quiet=True,
+            allowed_paths=[str(args.out.resolve())], footer_links=[], css=CSS)
+    except OSError as exc:
+        print(f"segloop demo: cannot serve on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 2
+    return 0

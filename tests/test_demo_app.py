@@ -1,0 +1,293 @@
+"""The demo's request handling without a browser: sessions and threads, the messages a user sees for a
+bad image, an unreachable server and a model that never submits, and a stopped episode.
+
+The OpenAI-compatible server here is a real HTTP server on localhost that always answers with the same
+tool call; the policy talks to it over real HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from demos.app import add_arguments, build_app, main
+from demos.backends import BackendChoice, Backends, DemoConfig
+from demos.chat import Screen, respond, turn_title
+from demos.make_samples import load_samples
+from demos.session import DemoSession, image_fingerprint
+from tools.images import save_image
+
+
+def _run(session: DemoSession, image: str | None, query: str, choice: BackendChoice, backends: Backends,
+         out: Path) -> list[Screen]:
+    async def collect() -> list[Screen]:
+        return [screen async for screen in respond(session, image, query, choice, backends, out)]
+
+    return asyncio.run(collect())
+
+
+@pytest.fixture
+def session(tmp_path: Path) -> DemoSession:
+    return DemoSession.new(tmp_path / "work")
+
+
+@pytest.fixture
+def sample_image(tmp_path: Path) -> str:
+    rng = np.random.default_rng(0)
+    image = rng.integers(60, 120, size=(96, 128, 3), dtype=np.uint8)
+    image[30:60, 40:80] = (220, 40, 40)
+    return str(save_image(image, tmp_path / "red.png"))
+
+
+# --- sessions --------------------------------------------------------------------------------------
+
+
+def test_a_follow_up_on_the_same_image_and_backend_continues_the_thread(session: DemoSession) -> None:
+    first, continues = session.thread_for("img1", "offline")
+    assert not continues
+    session.chat.append({"role": "user", "content": "x"})
+    again, continues = session.thread_for("img1", "offline")
+    assert continues and again == first and session.chat  # same conversation, chat kept
+    other_image, continues = session.thread_for("img2", "offline")
+    assert not continues and other_image != first and session.chat == []
+    other_backend, continues = session.thread_for("img2", "openai|http://x|m")
+    assert not continues and other_backend != other_image
+
+
+def test_an_interrupted_thread_is_not_continued(session: DemoSession) -> None:
+    first, _ = session.thread_for("img", "offline")
+    session.interrupted = True
+    second, continues = session.thread_for("img", "offline")
+    assert not continues and second != first and not session.interrupted
+
+
+def test_sessions_never_share_ids_or_folders(tmp_path: Path) -> None:
+    a, b = DemoSession.new(tmp_path), DemoSession.new(tmp_path)
+    assert a.session_id != b.session_id and a.work_dir != b.work_dir
+    assert a.thread_for("img", "offline")[0] != b.thread_for("img", "offline")[0]
+    assert a.next_episode_id() != b.next_episode_id()
+
+
+def test_image_fingerprint_tells_pictures_apart() -> None:
+    image = np.zeros((8, 8, 3), np.uint8)
+    other = image.copy()
+    other[0, 0, 0] = 1
+    assert image_fingerprint(image) == image_fingerprint(image.copy())
+    assert image_fingerprint(image) != image_fingerprint(other)
+    assert image_fingerprint(image) != image_fingerprint(np.zeros((4, 16, 3), np.uint8))
+
+
+def test_backend_choice_says_what_is_missing() -> None:
+    assert BackendChoice().problem() is None
+    assert "URL" in BackendChoice(kind="openai", model="m").problem()
+    assert "model" in BackendChoice(kind="openai", url="http://localhost:1/v1").problem()
+    assert BackendChoice(kind="openai", url=" http://h/v1 ", model=" m ").key == "openai|http://h/v1|m"
+
+
+# --- requests that never reach the agent -----------------------------------------------------------
+
+
+def test_missing_image_or_request_gives_a_clear_status(session: DemoSession, sample_image: str,
+                                                       tmp_path: Path) -> None:
+    backends = Backends(DemoConfig())
+    (screen,) = _run(session, None, "the red square", BackendChoice(), backends, tmp_path)
+    assert "Upload an image" in screen.status
+    (screen,) = _run(session, sample_image, "   ", BackendChoice(), backends, tmp_path)
+    assert "Type what to segment" in screen.status
+    (screen,) = _run(session, sample_image, "the red square", BackendChoice(kind="openai"), backends, tmp_path)
+    assert "URL" in screen.status
+    assert session.chat == [] and session.thread_id is None
+
+
+@pytest.mark.parametrize("content, reason", [(b"not an image at all", "not a readable image"),
+                                             (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "not a readable image")])
+def test_a_bad_image_gives_a_clear_status(session: DemoSession, tmp_path: Path, content: bytes,
+                                          reason: str) -> None:
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(content)
+    (screen,) = _run(session, str(bad), "the red square", BackendChoice(), Backends(DemoConfig()), tmp_path)
+    assert screen.status.startswith("This image cannot be used:") and reason in screen.status
+    assert session.chat == []
+
+
+def test_a_truncated_image_gives_a_clear_status(session: DemoSession, sample_image: str, tmp_path: Path) -> None:
+    data = Path(sample_image).read_bytes()
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(data[: len(data) // 2])
+    (screen,) = _run(session, str(truncated), "the red square", BackendChoice(), Backends(DemoConfig()), tmp_path)
+    assert screen.status.startswith("This image cannot be used:")
+
+
+# --- the command line --------------------------------------------------------------------------------
+
+
+def _args(*argv: str):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_cli_rejects_bad_options_in_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert main(_args("--max-turns", "0", "--out", str(tmp_path))) == 2
+    assert main(_args("--port", "70000", "--out", str(tmp_path))) == 2
+    assert main(_args("--segmenter", "nonesuch", "--out", str(tmp_path))) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and all(line.startswith("segloop demo:") for line in err)
+    assert "nonesuch" in err[2]
+
+
+def test_the_app_builds_with_the_bundled_samples(tmp_path: Path) -> None:
+    assert len(load_samples()) >= 2 and all(path.exists() for path, _ in load_samples())
+    app = build_app(Backends(DemoConfig()), tmp_path / "out", tmp_path / "work")
+    ids = {block.elem_id for block in app.blocks.values() if getattr(block, "elem_id", None)}
+    assert {"input-image", "query", "send", "stop", "turns", "status", "final-overlay", "downloads"} <= ids
+
+
+# --- episodes against a real OpenAI-compatible HTTP server ----------------------------------------
+
+SEGMENT_REPLY = ('<think>The red block is in the middle.</think>'
+                 '<tool_call>{"name": "segment", "arguments": {"bbox_2d": [40, 30, 80, 60]}}</tool_call>')
+SUBMIT_REPLY = '<tool_call>{"name": "submit", "arguments": {}}</tool_call>'
+
+
+class ScriptedServer:
+    """A real HTTP server speaking the OpenAI chat-completions protocol: answers with ``replies`` in
+    turn (the last one forever), after ``delay`` seconds; counts the requests it got."""
+
+    def __init__(self, replies: list[str], delay: float = 0.0) -> None:
+        self.replies, self.delay, self.requests = replies, delay, 0
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("content-length", 0))
+                json.loads(self.rfile.read(length) or b"{}")
+                reply = server.replies[min(server.requests, len(server.replies) - 1)]
+                server.requests += 1
+                time.sleep(server.delay)
+                body = json.dumps({
+                    "id": f"chat-{server.requests}", "object": "chat.completion", "created": 0, "model": "scripted",
+                    "choices": [{"index": 0, "finish_reason": "stop",
+                                 "message": {"role": "assistant", "content": reply}}],
+                    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+                }).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def serve() -> Iterator:
+    servers: list[ScriptedServer] = []
+
+    def start(replies: list[str], delay: float = 0.0) -> ScriptedServer:
+        servers.append(ScriptedServer(replies, delay))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def _titles(chat: list[dict]) -> list[str]:
+    return [part.split("**")[1] for message in chat if message["role"] == "assistant"
+            for part in message["content"][:1] if part.startswith("**Turn")]
+
+
+def test_a_model_that_never_submits_is_told_as_budget_spent(session: DemoSession, sample_image: str, serve,
+                                                            tmp_path: Path) -> None:
+    server = serve([SEGMENT_REPLY])
+    backends = Backends(DemoConfig(max_turns=3))
+    choice = BackendChoice(kind="openai", url=server.url, model="scripted")
+    screens = _run(session, sample_image, "the red block", choice, backends, tmp_path / "out")
+    assert server.requests == 3
+    last = screens[-1]
+    assert "used all 3 turns without submitting" in last.status
+    assert _titles(last.chat) == [turn_title(i, "segment") for i in (1, 2, 3)]
+    assert last.final is not None and len(last.files) == 2
+    saved = json.loads((tmp_path / "out" / f"demo-{session.session_id}-01" / "trajectory.json").read_text())
+    assert len(saved["turns"]) == 3 and not saved["submitted"]
+
+
+def test_an_unreachable_server_is_told_in_one_line(session: DemoSession, sample_image: str, tmp_path: Path) -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    choice = BackendChoice(kind="openai", url=f"http://127.0.0.1:{port}/v1", model="m")
+    screens = _run(session, sample_image, "the red block", choice, Backends(DemoConfig(max_turns=2)), tmp_path)
+    assert screens[-1].status.startswith(f"Cannot reach the server at http://127.0.0.1:{port}/v1: "
+                                         "is it running, and is the URL right?")
+    assert "Traceback" not in screens[-1].status and screens[-1].files  # still saved, as every episode is
+    assert session.interrupted  # the next request starts a new conversation
+
+
+def test_a_follow_up_continues_the_conversation(session: DemoSession, sample_image: str, serve,
+                                                tmp_path: Path) -> None:
+    server = serve([SEGMENT_REPLY, SUBMIT_REPLY, SEGMENT_REPLY, SUBMIT_REPLY])
+    backends = Backends(DemoConfig(max_turns=4))
+    choice = BackendChoice(kind="openai", url=server.url, model="scripted")
+    first = _run(session, sample_image, "the red block", choice, backends, tmp_path / "out")[-1]
+    thread = session.thread_id
+    assert first.status.startswith("Done in 2 turns")
+    second = _run(session, sample_image, "now only its left half", choice, backends, tmp_path / "out")[-1]
+    assert session.thread_id == thread
+    users = [m for m in second.chat if m["role"] == "user"]
+    assert [u["content"][0] for u in users] == ["the red block", "now only its left half"]
+    assert len(users[0]["content"]) == 2 and len(users[1]["content"]) == 1  # the image is shown once
+    assert _titles(second.chat) == [turn_title(1, "segment"), turn_title(2, "submit")] * 2
+
+
+def test_stop_cancels_the_episode_and_the_next_request_starts_afresh(session: DemoSession, sample_image: str,
+                                                                     serve, tmp_path: Path) -> None:
+    server = serve([SEGMENT_REPLY], delay=1.0)
+    backends = Backends(DemoConfig(max_turns=8))
+    choice = BackendChoice(kind="openai", url=server.url, model="scripted")
+
+    async def run_then_stop() -> list[Screen]:
+        seen: list[Screen] = []
+
+        async def consume() -> None:
+            async for screen in respond(session, sample_image, "the red block", choice, backends, tmp_path / "out"):
+                seen.append(screen)
+
+        task = asyncio.create_task(consume())
+        while not any(s.status.startswith("Turn 1") for s in seen):
+            await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return seen
+
+    seen = asyncio.run(run_then_stop())
+    stopped_at = server.requests
+    time.sleep(1.5)
+    assert server.requests <= stopped_at + 1  # no episode keeps running after the stop
+    assert session.interrupted and len(_titles(seen[-1].chat)) < 8
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    thread = session.thread_id
+    session.thread_for(image_fingerprint(np.zeros((2, 2, 3), np.uint8)), choice.key)
+    assert session.thread_id != thread

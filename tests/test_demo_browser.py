@@ -1,0 +1,219 @@
+"""The demo driven in a real headless Chromium: ``segloop demo`` runs as its own process on a free port,
+and Playwright uploads a sample, sends a request, waits for the final overlay and checks what the page
+shows against the episode the server saved (trajectory.json, downloads).
+
+Chromium is Debian's (/usr/bin/chromium, installed by ``scripts/setup.sh --dev``); the tests never run
+``playwright install``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from demos.make_samples import load_samples
+from policies.compact import DEFAULT_CHECKPOINT, CompactPolicy
+from tools.masks import rle_decode
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ROOT = Path(__file__).resolve().parents[1]
+MAX_TURNS = 4
+TURN_HEADING = re.compile(r"Turn (\d+) · ([a-z_ ]+)")
+# Where the screenshot for the README goes when SEGLOOP_UPDATE_SCREENSHOT=1.
+README_SCREENSHOT = ROOT / "docs" / "demo.png"
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium "
+                                                     "(bash scripts/setup.sh --dev installs it)"),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """``segloop demo`` in a subprocess: (its URL, the folder it saves episodes in)."""
+    out = tmp_path_factory.mktemp("episodes")
+    port = _free_port()
+    log = (tmp_path_factory.mktemp("log") / "demo.log").open("w")
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": "1",
+           "GRADIO_TEMP_DIR": str(tmp_path_factory.mktemp("gradio"))}
+    command = [sys.executable, "-m", "agent.cli", "demo", "--port", str(port), "--out", str(out),
+               "--segmenter", "grabcut", "--max-turns", str(MAX_TURNS)]
+    if not (DEFAULT_CHECKPOINT / "config.json").exists():
+        # Before the compact policy's checkpoint is trained and shipped, an untrained one (same code path,
+        # from_pretrained on a directory) drives the page: these tests check the demo, not the policy.
+        model = tmp_path_factory.mktemp("compact")
+        CompactPolicy.create([query for _, query in load_samples()], seed=0).save_pretrained(model)
+        command += ["--model", str(model)]
+    proc = subprocess.Popen(
+        command,
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    try:
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"segloop demo exited with {proc.returncode}: {Path(log.name).read_text()[-2000:]}")
+            try:
+                if httpx.get(url, timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"segloop demo did not start in 90 s: {Path(log.name).read_text()[-2000:]}")
+            time.sleep(0.5)
+        yield url, out
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        yield instance
+        instance.close()
+
+
+def _open(browser: object, url: str):
+    """A fresh browser context (its own cookies and storage: a separate person) on the demo."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1100})
+    page = context.new_page()
+    page.goto(url)
+    page.wait_for_selector("#turns", timeout=30_000)
+    return context, page
+
+
+def _ask(page, image: Path, query: str) -> None:
+    page.locator("#input-image input[type=file]").set_input_files(str(image))
+    # The uploaded image is shown before the request goes out, so the server has the file.
+    page.locator("#input-image img").first.wait_for(timeout=20_000)
+    page.locator("#query textarea").fill(query)
+    page.locator("#send").click()
+
+
+def _wait_done(page, timeout_ms: int = 90_000) -> str:
+    """Waits until the status line reports the saved episode; returns the status text."""
+    page.wait_for_function(
+        "() => (document.querySelector('#status')?.innerText || '').includes('Saved to')", timeout=timeout_ms)
+    page.locator("#final-overlay img").first.wait_for(timeout=20_000)
+    return page.locator("#status").inner_text()
+
+
+def _episode_dir(status: str) -> Path:
+    match = re.search(r"Saved to (\S+?)\.?$", status.strip())
+    assert match, status
+    return Path(match.group(1))
+
+
+def _shown_turns(page) -> list[tuple[int, str]]:
+    text = page.locator("#turns").inner_text()
+    return [(int(n), tool.strip()) for n, tool in TURN_HEADING.findall(text)]
+
+
+def _tool_of(turn: dict) -> str:
+    action = turn.get("action")
+    return action["name"] if action else "invalid call"
+
+
+def _check_against_trajectory(page, episode_dir: Path, first_turn: int = 1) -> dict:
+    """The turns shown (from ``first_turn`` on) are the saved trajectory's turns, tool for tool, and the
+    downloads hold the saved final mask."""
+    trajectory = json.loads((episode_dir / "trajectory.json").read_text())
+    shown = [t for t in _shown_turns(page)]
+    # A follow-up's turns come after the earlier episodes' in the same chat: compare the last ones.
+    shown = shown[len(shown) - len(trajectory["turns"]):]
+    expected = [(i + 1, _tool_of(turn)) for i, turn in enumerate(trajectory["turns"])]
+    assert shown == expected
+    assert 1 <= len(expected) <= MAX_TURNS
+    final_rle = trajectory["final_mask_rle"]
+    links = page.locator("#downloads a")
+    hrefs = [links.nth(i).get_attribute("href") for i in range(links.count())]
+    rle_href = next(h for h in hrefs if h and "mask_rle.json" in h)
+    downloaded = page.request.get(rle_href).json()
+    assert (rle_decode(downloaded) == rle_decode(final_rle)).all()
+    return trajectory
+
+
+def test_one_request_streams_turns_that_match_the_saved_trajectory(browser, demo, tmp_path: Path) -> None:
+    url, out = demo
+    image, query = load_samples()[0]
+    context, page = _open(browser, url)
+    try:
+        _ask(page, image, query)
+        status = _wait_done(page)
+        episode_dir = _episode_dir(status)
+        assert episode_dir.parent == out.resolve()
+        trajectory = _check_against_trajectory(page, episode_dir)
+        # Every turn with an observation image shows it: the input thumbnail plus one per such turn.
+        with_images = sum(1 for turn in trajectory["turns"] if turn.get("observation_image"))
+        assert page.locator("#turns img").count() >= with_images + 1
+        assert query in page.locator("#turns").inner_text()
+        page.screenshot(path=str(tmp_path / "demo.png"), full_page=True)
+        if os.environ.get("SEGLOOP_UPDATE_SCREENSHOT") == "1":
+            shutil.copy(tmp_path / "demo.png", README_SCREENSHOT)
+    finally:
+        context.close()
+
+
+def test_two_sessions_at_once_keep_their_own_state(browser, demo) -> None:
+    url, _out = demo
+    (image_a, query_a), (image_b, query_b) = load_samples()[1:3]
+    context_a, page_a = _open(browser, url)
+    context_b, page_b = _open(browser, url)
+    try:
+        _ask(page_a, image_a, query_a)
+        _ask(page_b, image_b, query_b)
+        dir_a = _episode_dir(_wait_done(page_a))
+        dir_b = _episode_dir(_wait_done(page_b))
+        assert dir_a != dir_b
+        _check_against_trajectory(page_a, dir_a)
+        _check_against_trajectory(page_b, dir_b)
+        text_a, text_b = page_a.locator("#turns").inner_text(), page_b.locator("#turns").inner_text()
+        assert query_a in text_a and query_b not in text_a
+        assert query_b in text_b and query_a not in text_b
+        traj_a = json.loads((dir_a / "trajectory.json").read_text())
+        traj_b = json.loads((dir_b / "trajectory.json").read_text())
+        assert traj_a["query"] == query_a and traj_b["query"] == query_b
+
+        # A follow-up in A continues A's conversation and leaves B's page as it was.
+        turns_b_before = _shown_turns(page_b)
+        page_a.locator("#query textarea").fill(query_a)
+        page_a.locator("#send").click()
+        page_a.wait_for_function(
+            "() => (document.querySelector('#status')?.innerText || '').includes('Saved to')"
+            f" && !(document.querySelector('#status')?.innerText || '').includes('{dir_a.name}')",
+            timeout=90_000)
+        dir_a2 = _episode_dir(page_a.locator("#status").inner_text())
+        _check_against_trajectory(page_a, dir_a2)
+        assert page_a.locator("#turns").inner_text().count(query_a) == 2
+        assert _shown_turns(page_b) == turns_b_before
+    finally:
+        context_a.close()
+        context_b.close()
