@@ -1,0 +1,113 @@
+"""Concurrent episodes against a slow OpenAI-compatible server: episodes/s at concurrency 1 and 32.
+
+A local chat-completions server (``tests/openai_server.py``, in its own process as a vLLM server would be)
+answers every request after ``--latency`` seconds with a scripted two-turn episode (segment a box, submit);
+the batch runner (``agent.batch.run_batch``) runs the episodes through the real graph, the real
+``OpenAIPolicy`` and HTTP. The segmenter fills the prompted box (no model), so the figure is the agent's own
+overhead against the server's latency, which concurrency should hide: the goal is a speed-up of at least 28x
+at concurrency 32.
+
+    .venv/bin/python scripts/bench_concurrency.py [--latency 0.2] [--episodes 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+
+from agent.actions import Segment, Submit, format_call  # noqa: E402
+from agent.batch import run_batch  # noqa: E402
+from agent.episode import Agent, EpisodeConfig  # noqa: E402
+from agent.sample import Sample  # noqa: E402
+from policies.openai_compat import OpenAIPolicy  # noqa: E402
+from tools.images import save_image  # noqa: E402
+from tools.segmenters.base import Prompt, Segmenter  # noqa: E402
+
+
+class BoxSegmenter(Segmenter):
+    """The prompted box as the mask: a segmenter that costs nothing, so only the agent's overhead shows."""
+
+    name = "box"
+
+    def _encode(self, crop: np.ndarray) -> None:
+        return None
+
+    def _predict(self, embedding: None, crop: np.ndarray, prompt: Prompt) -> np.ndarray:
+        mask = np.zeros(crop.shape[:2], dtype=bool)
+        if prompt.box is not None:
+            x1, y1, x2, y2 = (max(0, round(v)) for v in prompt.box)
+            mask[y1:y2, x1:x2] = True
+        return mask
+
+
+def _samples(folder: Path, n: int) -> list[Sample]:
+    """Smooth scenes with a few boxes (pure noise would make PNG encoding the bottleneck, unlike photos)."""
+    rng = np.random.default_rng(0)
+    ramp = np.linspace(0, 200, 320, dtype=np.float32)
+    samples = []
+    for i in range(n):
+        image = np.empty((240, 320, 3), dtype=np.uint8)
+        image[...] = (ramp[None, :, None] + rng.integers(0, 55, 3)).astype(np.uint8)
+        for _ in range(4):
+            x, y = int(rng.integers(0, 280)), int(rng.integers(0, 200))
+            image[y:y + 40, x:x + 40] = rng.integers(0, 255, 3)
+        path = folder / f"img{i:03d}.png"
+        save_image(image, path)
+        samples.append(Sample(id=f"s{i:03d}", image=path, query="the red box", mask=None))
+    return samples
+
+
+async def _run(base_url: str, samples: list[Sample], concurrency: int, out: Path) -> float:
+    policy = OpenAIPolicy("scripted", base_url=base_url, concurrency=concurrency, max_side=448)
+    agent = Agent(policy, BoxSegmenter(), EpisodeConfig(max_turns=4))
+    tic = time.perf_counter()
+    await run_batch(agent, samples, out, concurrency=concurrency, progress=False, save_overlays=False)
+    elapsed = time.perf_counter() - tic
+    await policy.aclose()
+    return elapsed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--latency", type=float, default=0.2, help="seconds the server takes per answer")
+    parser.add_argument("--episodes", type=int, default=64, help="episodes at concurrency 32")
+    parser.add_argument("--serial-episodes", type=int, default=8, help="episodes at concurrency 1")
+    args = parser.parse_args()
+    script = json.dumps([format_call(Segment(bbox_2d=[40, 40, 200, 160])), format_call(Submit())])
+    server = subprocess.Popen([sys.executable, str(ROOT / "tests" / "openai_server.py"), "--script", script,
+                               "--latency", str(args.latency)], stdout=subprocess.PIPE, text=True)
+    rows = []
+    try:
+        base_url = server.stdout.readline().strip()
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            samples = _samples(folder, max(args.episodes, args.serial_episodes))
+            for concurrency, n in ((1, args.serial_episodes), (32, args.episodes)):
+                elapsed = asyncio.run(_run(base_url, samples[:n], concurrency, folder / f"out{concurrency}"))
+                rows.append((concurrency, n, 2 * n, elapsed, n / elapsed))
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    print(f"server latency {args.latency * 1000:.0f} ms per answer; 2 turns per episode; box segmenter")
+    print(f"{'concurrency':>11} {'episodes':>8} {'requests':>8} {'seconds':>8} {'episodes/s':>10}")
+    for concurrency, n, requests, elapsed, rate in rows:
+        print(f"{concurrency:>11} {n:>8} {requests:>8} {elapsed:>8.2f} {rate:>10.2f}")
+    speedup = rows[1][4] / rows[0][4]
+    print(f"speed-up at concurrency 32: {speedup:.1f}x (goal >= 28x; ideal 32x)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
