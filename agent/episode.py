@@ -10,6 +10,7 @@ lost with its process is rebuilt from the state and the image given with the nex
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 import uuid
 from collections import OrderedDict
@@ -31,8 +32,12 @@ from tools.overlay import mask_stats, render_overlay
 from tools.segmenters import Prompt, Segmenter, SegmenterError
 from tools.views import PixelBox, View, ViewError, ViewStack, ZoomLimits, check_point, model_size, render_view
 
-# Workspaces kept for threads a checkpointer may continue; older ones are rebuilt on demand.
+# Workspaces kept for idle threads a checkpointer may continue (older ones are rebuilt on demand); a running
+# episode's workspace is never evicted.
 _KEPT_WORKSPACES = 64
+# Segmenter cache keys: unique per workspace image within the process (a counter, not uuid4: os.urandom
+# showed up at ~0.5 ms per call on a loaded machine).
+_IMAGE_KEYS = itertools.count()
 
 
 class EpisodeConfig(BaseModel):
@@ -139,7 +144,11 @@ class _Workspace:
     image: np.ndarray
     image_key: str
     images: dict[str, np.ndarray] = field(default_factory=dict)
+    # Views rendered so far, by box and size: the overlays of later turns in the same view start from these.
+    renders: dict[tuple[int, ...], np.ndarray] = field(default_factory=dict)
     candidate_counts: str | None = None
+    # The last statistics line, by candidate and view: a submit right after segment or inspect reuses it.
+    stats: tuple[str, tuple[int, ...], str] | None = None
     candidate: np.ndarray | None = None
     ground_truth: np.ndarray | None = None
     ignore: np.ndarray | None = None
@@ -216,7 +225,7 @@ class Agent:
             update.update(done=True, submitted=False, budget_spent=True)
             done = True
         if image is None and not done:
-            image = render_view(ws.image, stack.current)  # an error still shows where the policy is
+            image = _render(ws, stack.current)  # an error still shows where the policy is
         observation = prompts.observation_text(result, stack.current, state["max_turns"] - turn)
         image_id = None
         image_views = dict(state["image_views"])
@@ -245,18 +254,19 @@ class Agent:
         """Run one valid action; returns the observation's result line and picture. Refusals raise."""
         if isinstance(action, ZoomIn):
             view = stack.zoom_in(action.bbox_2d)
-            return f"Zoomed in on original region {list(view.box.as_tuple())}.", render_view(ws.image, view)
+            return f"Zoomed in on original region {list(view.box.as_tuple())}.", _render(ws, view)
         if isinstance(action, ZoomOut):
             view = stack.zoom_out()
-            return "Zoomed out.", render_view(ws.image, view)
+            return "Zoomed out.", _render(ws, view)
         if isinstance(action, Segment):
             return await self._segment(action, state, ws, stack.current, update)
         if isinstance(action, InspectMask):
             candidate = self._candidate(state, ws)
             if candidate is None:
                 raise ValueError("there is no candidate mask yet; call segment first")
-            stats = mask_stats(candidate, stack.current, _size(state)).describe()
-            return f"Candidate: {stats}.", render_overlay(ws.image, stack.current, candidate)
+            stats = _stats(ws, candidate, stack.current, _size(state))
+            overlay = render_overlay(ws.image, stack.current, candidate, base=_render(ws, stack.current))
+            return f"Candidate: {stats}.", overlay
         if isinstance(action, Submit):
             update.update(submitted=True, no_target=action.no_target)
             if action.no_target:
@@ -264,7 +274,7 @@ class Agent:
             candidate = self._candidate(state, ws)
             if candidate is None:
                 return "Submitted an empty mask (there was no candidate).", None
-            return f"Submitted the candidate: {mask_stats(candidate, stack.current, _size(state)).describe()}.", None
+            return f"Submitted the candidate: {_stats(ws, candidate, stack.current, _size(state))}.", None
         raise ValueError(f"unhandled action {action!r}")
 
     async def _segment(self, action: Segment, state: EpisodeState, ws: _Workspace, view: View,
@@ -284,8 +294,8 @@ class Agent:
         rle = rle_encode(mask)
         ws.candidate_counts, ws.candidate = rle["counts"], mask
         update["candidate"] = rle
-        stats = mask_stats(mask, view, _size(state)).describe()
-        overlay = render_overlay(ws.image, view, mask, box=box, points=points, labels=labels)
+        stats = _stats(ws, mask, view, _size(state))
+        overlay = render_overlay(ws.image, view, mask, box=box, points=points, labels=labels, base=_render(ws, view))
         return f"Segmented: {stats}.", overlay
 
     # -- workspace and views --------------------------------------------------------------------------
@@ -368,6 +378,7 @@ class Agent:
             ledger = self.policy.end_episode(episode_id)
             if self.checkpointer is None:
                 self._workspaces.pop(thread_id, None)
+            self._trim_workspaces()
         yield self._result(final, ws, ledger, time.perf_counter() - started)
 
     async def _start_state(self, image: np.ndarray, query: str, episode_id: str, thread_id: str,
@@ -384,7 +395,7 @@ class Agent:
             self._keep_workspace(thread_id, image, previous)
             view = self._view(previous["views"][-1])
             picture_id = f"{episode_id}/request"
-            self._workspaces[thread_id].images[picture_id] = render_view(image, view)
+            self._workspaces[thread_id].images[picture_id] = _render(self._workspaces[thread_id], view)
             message = {"role": "user", "content": prompts.follow_up_text(query, view), "image_id": picture_id}
             return EpisodeState(
                 **{**previous, "episode_id": episode_id, "query": query, "turn": 0, "max_turns": self.config.max_turns,
@@ -397,7 +408,7 @@ class Agent:
         view = stack.current
         picture_id = f"{episode_id}/request"
         self._keep_workspace(thread_id, image, None)
-        self._workspaces[thread_id].images[picture_id] = render_view(image, view)
+        self._workspaces[thread_id].images[picture_id] = _render(self._workspaces[thread_id], view)
         return EpisodeState(
             episode_id=episode_id, thread_id=thread_id, query=query, image_size=[width, height],
             views=[list(view.box.as_tuple())], candidate=None,
@@ -416,14 +427,18 @@ class Agent:
         are re-rendered from their view boxes (without overlays)."""
         ws = self._workspaces.get(thread_id)
         if ws is None or ws.image.shape != image.shape or not np.array_equal(ws.image, image):
-            ws = _Workspace(image=image, image_key=f"{thread_id}:{uuid.uuid4().hex[:8]}")
+            ws = _Workspace(image=image, image_key=f"{thread_id}:{next(_IMAGE_KEYS)}")
             if previous:
                 for image_id, box in previous["image_views"].items():
-                    ws.images[image_id] = render_view(image, self._view(box))
+                    ws.images[image_id] = _render(ws, self._view(box))
         self._workspaces[thread_id] = ws
         self._workspaces.move_to_end(thread_id)
-        while len(self._workspaces) > _KEPT_WORKSPACES:
-            self._workspaces.popitem(last=False)
+        self._trim_workspaces()
+
+    def _trim_workspaces(self) -> None:
+        idle = [key for key in self._workspaces if key not in self._running]  # oldest first
+        for key in idle[: max(0, len(self._workspaces) - _KEPT_WORKSPACES)]:
+            del self._workspaces[key]
 
     def _event(self, record: TurnRecord, state: dict[str, Any], ws: _Workspace) -> TurnEvent:
         parsed = parse_turn(record.raw_text)
@@ -437,9 +452,12 @@ class Agent:
 
     def _result(self, state: dict[str, Any], ws: _Workspace, ledger: Any, seconds: float) -> EpisodeResult:
         width, height = _size(state)
-        mask = np.zeros((height, width), dtype=bool)
         if not state.get("no_target") and state.get("candidate") is not None:
             mask = self._candidate(state, ws).copy()  # type: ignore[arg-type, union-attr]
+            rle = dict(state["candidate"])  # the state's RLE is this very mask's: no need to encode it again
+        else:
+            mask = np.zeros((height, width), dtype=bool)
+            rle = rle_encode(mask)
         trajectory = Trajectory(
             episode_id=state["episode_id"], thread_id=state["thread_id"], query=state["query"],
             image_size=(width, height), policy=self.policy.name, frame=self.policy.frame,
@@ -447,12 +465,29 @@ class Agent:
             turns=[TurnRecord(**r) for r in state["records"]], submitted=bool(state.get("submitted")),
             no_target=bool(state.get("no_target")), budget_spent=bool(state.get("budget_spent")),
             policy_error=state.get("policy_error"), tool_counts=dict(state["tool_counts"]),
-            invalid_actions=state["invalid_actions"], final_mask_rle=rle_encode(mask),
-            final_area_share=float(mask.mean()) if mask.size else 0.0, seconds=seconds, ledger=ledger,
+            invalid_actions=state["invalid_actions"], final_mask_rle=rle,
+            final_area_share=np.count_nonzero(mask) / mask.size if mask.size else 0.0, seconds=seconds, ledger=ledger,
         )
         prefix = f"{state['episode_id']}/"
         images = {k[len(prefix):]: v for k, v in ws.images.items() if k.startswith(prefix)}
         return EpisodeResult(mask=mask, trajectory=trajectory, images=images)
+
+
+def _render(ws: _Workspace, view: View) -> np.ndarray:
+    """The view of the workspace's image at model size, rendered once per view (shared, never drawn on)."""
+    key = (*view.box.as_tuple(), view.width, view.height)
+    picture = ws.renders.get(key)
+    if picture is None:
+        picture = ws.renders[key] = render_view(ws.image, view)
+    return picture
+
+
+def _stats(ws: _Workspace, mask: np.ndarray, view: View, image_size: tuple[int, int]) -> str:
+    """``mask_stats(...).describe()`` of the workspace's current candidate ``mask``, computed once per view."""
+    key = (*view.box.as_tuple(), view.width, view.height)
+    if ws.stats is None or ws.stats[0] != ws.candidate_counts or ws.stats[1] != key:
+        ws.stats = (ws.candidate_counts or "", key, mask_stats(mask, view, image_size).describe())
+    return ws.stats[2]
 
 
 def _next(state: EpisodeState) -> str:

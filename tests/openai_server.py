@@ -112,6 +112,7 @@ class OpenAIServer:
         self.failures = 0
         self.in_flight = 0
         self.max_in_flight = 0
+        self.connections: set[tuple[str, int]] = set()  # client (host, port) pairs: one per TCP connection
         self._count_lock = threading.Lock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._httpd.daemon_threads = True
@@ -169,17 +170,18 @@ class OpenAIServer:
                     return
                 with server._count_lock:
                     server.requests.append(body)
+                    server.connections.add(self.client_address[:2])
                     failing = server.failures < server.fail_first
                     server.failures += failing
                     server.in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
                 try:
-                    self._answer(body, failing)
+                    self._answer(body, failing, len(raw))
                 finally:
                     with server._count_lock:
                         server.in_flight -= 1
 
-            def _answer(self, body: dict[str, Any], failing: bool) -> None:
+            def _answer(self, body: dict[str, Any], failing: bool, prompt_chars: int) -> None:
                 if server.latency_s:
                     time.sleep(server.latency_s)
                 if failing:
@@ -194,7 +196,8 @@ class OpenAIServer:
                     at = text.find(stop)
                     if at >= 0:
                         text, finish = text[:at], "stop"
-                prompt_chars = sum(len(json.dumps(m)) for m in body["messages"])
+                # A rough token count from the request's size (re-serialising its images per answer cost more
+                # CPU than the rest of the server, on the machine the client benchmarks run on).
                 self._send(200, {
                     "id": f"chatcmpl-{len(server.requests)}", "object": "chat.completion",
                     "created": int(time.time()), "model": body.get("model", server.model_name),

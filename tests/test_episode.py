@@ -237,6 +237,21 @@ def test_concurrent_episodes_match_sequential_ones(segmenter):
         assert [t.raw_text for t in a.trajectory.turns] == [t.raw_text for t in b.trajectory.turns]
 
 
+def test_more_running_episodes_than_kept_workspaces_all_finish(segmenter, monkeypatch):
+    """Eviction of kept workspaces never touches a running episode's, however many run at once."""
+    monkeypatch.setattr("agent.episode._KEPT_WORKSPACES", 2)
+    image, truth = scene(120, 90)
+    agent = Agent(OraclePolicy(max_side=128, seed=0), segmenter, checkpointer=InMemorySaver())
+
+    async def together() -> list[EpisodeResult]:
+        return await asyncio.gather(*(agent.run(image, "the red disc", ground_truth=truth, episode_id=f"e{i}")
+                                      for i in range(6)))
+
+    results = asyncio.run(together())
+    assert all(r.trajectory.turns and r.trajectory.turns[-1].error is None for r in results)
+    assert len(agent._workspaces) == 2  # idle threads are trimmed back to the limit afterwards
+
+
 def test_in_memory_checkpointer_continues_a_conversation(segmenter):
     image, _ = scene()
     policy = Replay([call("zoom_in", bbox_2d=[120, 10, 230, 120]), call("submit")], max_side=240)

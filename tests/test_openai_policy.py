@@ -15,7 +15,7 @@ from policies import build_policy
 from policies.chat import TOOL_CLOSE, TOOL_OPEN, decode_data_url
 from policies.openai_compat import OpenAIPolicy, OpenAIPolicyError
 from tools.segmenters import build_segmenter
-from tools.views import full_view
+from tools.views import full_view, render_view
 
 SCRIPT = [format_call(ZoomIn(bbox_2d=[0, 0, 150, 120])), format_call(Segment(bbox_2d=[10, 10, 90, 80])),
           "<think>good</think>" + format_call(Submit())]
@@ -50,8 +50,7 @@ def test_a_scripted_episode_through_the_graph_and_the_wire() -> None:
     first = last["messages"][1]["content"]
     assert first[0]["type"] == "image_url" and first[1]["type"] == "text"
     shown = decode_data_url(first[0]["image_url"]["url"])
-    view = full_view(200, 160, 224)
-    assert shown.shape == (view.height, view.width, 3)
+    assert np.array_equal(shown, render_view(_image(1), full_view(200, 160, 224)))  # pixel for pixel
     # An observation: a user turn wrapped in <tool_response>, its picture inside the wrapper.
     observation = last["messages"][3]["content"]
     assert observation[0] == {"type": "text", "text": TOOL_OPEN}
@@ -140,6 +139,20 @@ def test_concurrency_is_limited_and_requests_overlap() -> None:
     assert 0.35 < elapsed < 1.2  # two waves of four, not eight in a row (1.6 s)
 
 
+def test_each_slot_keeps_its_connection_alive() -> None:
+    with OpenAIServer(script=scripted_turns(SCRIPT), latency_s=0.05) as server:
+        policy = OpenAIPolicy("tiny", base_url=server.base_url, concurrency=3)
+
+        async def waves() -> None:
+            for wave in range(4):
+                await asyncio.gather(*(policy.act(_context(f"w{wave}-{i}")) for i in range(3)))
+            await policy.aclose()
+
+        asyncio.run(waves())
+    assert len(server.requests) == 12
+    assert len(server.connections) == 3  # one per slot, reused by every later wave
+
+
 def test_the_tiny_model_answers_over_the_wire() -> None:
     with OpenAIServer(model_dir=shared_tiny_model()) as server:
         policy = OpenAIPolicy("tiny", base_url=server.base_url, max_tokens=12, max_side=112)
@@ -159,7 +172,8 @@ def test_the_concurrency_benchmark_runs() -> None:
     from pathlib import Path
 
     script = Path(__file__).resolve().parents[1] / "scripts" / "bench_concurrency.py"
-    out = subprocess.run([sys.executable, str(script), "--latency", "0.1", "--episodes", "8", "--serial-episodes", "2"],
+    out = subprocess.run([sys.executable, str(script), "--latency", "0.1", "--episodes", "8", "--serial-episodes", "2",
+                          "--repeats", "1"],
                          capture_output=True, text=True, timeout=120, check=True).stdout
     speedup = float(re.search(r"speed-up at concurrency 32: ([\d.]+)x", out).group(1))
     assert speedup > 2  # 8 episodes at once against 2 in a row

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tools.overlay import BOX_RGB, NEGATIVE_RGB, POSITIVE_RGB, mask_stats, render_overlay
-from tools.views import PixelBox, View, ViewStack, full_view
+from tools.views import PixelBox, View, ViewStack, full_view, render_view
 
 
 def _scene(width: int = 400, height: int = 300) -> tuple[np.ndarray, np.ndarray]:
@@ -103,3 +103,28 @@ def test_overlay_and_stats_are_cheap_on_a_large_image() -> None:
         mask_stats(mask, stack.current, (size, size))
     # Measured ~10 ms per turn here; the bound leaves room for a loaded 2-core CI machine.
     assert (time.perf_counter() - start) / 5 < 0.25
+
+
+def test_tint_matches_the_alpha_blend_and_a_given_base_is_reused_untouched() -> None:
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    mask = np.zeros((300, 400), bool)
+    mask[40:220, 60:300] = rng.random((180, 240)) < 0.5  # ragged: many pixels in the box are not in the mask
+    view = View(PixelBox(0, 0, 400, 300), 400, 300)
+    base = render_view(image, view)
+    kept = base.copy()
+    out = render_overlay(image, view, mask, base=base)
+    assert np.array_equal(base, kept)
+    assert np.array_equal(out, render_overlay(image, view, mask))
+    # Inside the mask (away from the contour drawn on its edges): canvas * 0.6 + green * 0.4, truncated.
+    inner = np.zeros_like(mask)
+    inner[40:220, 60:300] = mask[40:220, 60:300]
+    interior = inner & np.roll(inner, 1, 0) & np.roll(inner, -1, 0) & np.roll(inner, 1, 1) & np.roll(inner, -1, 1)
+    expected = (image[interior] * 0.6 + np.array([0, 255, 0], np.float32) * 0.4).astype(np.uint8)
+    contour_free = np.all(out[interior] != np.array([255, 255, 0]), axis=1)
+    assert contour_free.mean() > 0.5
+    assert np.array_equal(out[interior][contour_free], expected[contour_free])
+    near = mask | np.roll(mask, 1, 0) | np.roll(mask, -1, 0) | np.roll(mask, 1, 1) | np.roll(mask, -1, 1)
+    assert np.array_equal(out[~near], image[~near])  # away from the mask and its contour: untouched
+    with pytest.raises(ValueError, match="base"):
+        render_overlay(image, view, mask, base=base[:10])
