@@ -290,3 +290,55 @@ def test_bad_options_and_missing_checkpoint_are_clear(tiny: Path, tmp_path: Path
     assert TransformersPolicy(tiny).max_side == 224
     with pytest.raises(ValueError, match="at most 224 px"):
         TransformersPolicy(tiny, max_side=448)
+
+
+Sampled = tuple[TokenLedger, list[str]]
+
+
+def _together(policy: TransformersPolicy, transcripts: list[Transcript], turns: int) -> list[Sampled]:
+    async def main() -> list[Sampled]:
+        return await asyncio.gather(*(_sampled(policy, t, turns) for t in transcripts))
+
+    return asyncio.run(main())
+
+
+def test_concurrent_turns_generate_as_one_batch_with_the_ledgers_they_would_have_alone(tiny: Path) -> None:
+    options = {"max_side": SIDE, "temperature": 1.3, "top_p": 0.95, "max_new_tokens": 14}
+    batched = TransformersPolicy(tiny, **options)
+    together = _together(batched, [Transcript(f"b{i}", seed=30 + i) for i in range(4)], 3)
+    # The episodes' turns met in the queue: four rows per generate (the first batch may start smaller).
+    assert max(batched.batch_sizes) == 4 and sum(batched.batch_sizes.values()) < 12
+    alone = TransformersPolicy(tiny, max_batch=1, **options)
+    for i, (ledger, texts) in enumerate(together):
+        single, single_texts = asyncio.run(_sampled(alone, Transcript(f"a{i}", seed=30 + i), 3))
+        assert texts == single_texts and ledger.ids == single.ids and ledger.mask == single.mask
+        assert np.allclose(ledger.logprobs, single.logprobs, atol=1e-4)
+    assert set(alone.batch_sizes) == {1}
+    # Rows of different lengths and image shapes were left-padded together: the recorded log-probs are
+    # still those a forward pass over each ledger gives.
+    ledgers = [ledger for ledger, _ in together]
+    assert len({len(ledger.ids) for ledger in ledgers}) > 1
+    scored = batched.log_probs(ledgers)
+    assert ((scored.log_probs - scored.recorded) * scored.mask).abs().max().item() < 1e-4
+
+
+def _perturbed(policy: TransformersPolicy) -> TransformersPolicy:
+    """The same seeded noise on every weight: the freshly built tiny model writes "\\n" whatever it is shown,
+    which would hide a row reading another row's image or positions; noisy weights make the text depend on
+    the input."""
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for weight in policy.model.parameters():
+            weight.add_(0.3 * torch.randn(weight.shape, generator=generator))
+    return policy
+
+
+def test_a_greedy_batch_writes_what_single_runs_write(tiny: Path) -> None:
+    batched = _perturbed(TransformersPolicy(tiny, max_side=SIDE, greedy=True, max_new_tokens=12))
+    together = _together(batched, [Transcript(f"gb{i}", seed=40 + i) for i in range(5)], 2)
+    assert max(batched.batch_sizes) == 5
+    single = _perturbed(TransformersPolicy(tiny, max_side=SIDE, greedy=True, max_new_tokens=12, max_batch=1))
+    alone = [asyncio.run(_sampled(single, Transcript(f"gs{i}", seed=40 + i), 2)) for i in range(5)]
+    assert len({tuple(texts) for _, texts in alone}) == 5  # every episode writes something of its own
+    assert [texts for _, texts in together] == [texts for _, texts in alone]
+    assert [ledger.ids for ledger, _ in together] == [ledger.ids for ledger, _ in alone]
