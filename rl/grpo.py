@@ -124,12 +124,11 @@ def _load(config: GRPOConfig, directory: Path) -> Any:
 
 def train(config: GRPOConfig, resume: bool = False) -> dict[str, Any]:
     import torch
-    from agent.episode import Agent, EpisodeConfig
 
-    from agent.datasets import load_samples
+    from agent.episode import Agent, EpisodeConfig
     from rl.curves import CurveLog, plot_curves
     from rl.rewards import episode_reward
-    from rl.rollout import evaluate, load_items, peak_memory_mb, run_episodes, tool_rates
+    from rl.rollout import evaluate, items, peak_memory_mb, run_episodes, tool_rates
     from tools.segmenters import build_segmenter
 
     torch.set_num_threads(config.threads)
@@ -157,8 +156,11 @@ def train(config: GRPOConfig, resume: bool = False) -> dict[str, Any]:
         (config.out / "grpo_log.csv").unlink(missing_ok=True)
     (config.out / "grpo_config.json").write_text(config.model_dump_json(indent=1))
 
-    train_items = load_items(load_samples(config.data))
-    eval_items = load_items(load_samples(config.eval_data)[: config.eval_n]) if config.eval_data else []
+    train_items = items(config.data)
+    eval_items = []
+    if config.eval_data:
+        held_out = items(config.eval_data)
+        eval_items = [held_out[i] for i in range(min(config.eval_n, len(held_out)))]
     segmenter = build_segmenter(config.segmenter)
     episode_config = EpisodeConfig(max_turns=config.max_turns)
     agent = Agent(policy, segmenter, config=episode_config)

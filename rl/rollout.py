@@ -1,5 +1,13 @@
-"""What both trainers share: samples loaded once, episodes run concurrently through the ``Agent`` graph,
-held-out evaluation with the project's metrics, and the process memory figure for logs."""
+"""What both trainers share: samples loaded once (or synthetic scenes made on demand), episodes run
+concurrently through the ``Agent`` graph, held-out evaluation with the project's metrics, and the
+process memory figure for logs.
+
+``items(spec)`` reads a ``--data`` spec: anything ``agent.datasets.load_samples`` reads, or
+``synth:DIFFICULTY:SIZE:SEED:N[:NO_TARGET_RATE]``, the N scenes ``segloop synth --difficulty DIFFICULTY
+--size SIZE --seed SEED --n N --no-target-rate NO_TARGET_RATE`` would write (same ids, pixels and masks;
+rate 0 when omitted), generated when indexed instead of read from disk: training data without a bound
+on its size or its memory.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +16,7 @@ import resource
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,6 +33,51 @@ class Item:
     image: np.ndarray
     mask: np.ndarray
     ignore: np.ndarray | None
+
+
+class SynthItems(Sequence[Item]):
+    """Scenes of the synthetic world, generated (deterministically) each time one is indexed."""
+
+    def __init__(self, difficulty: str, size: int, seed: int, n: int, no_target_rate: float = 0.0) -> None:
+        from agent.synth import DIFFICULTIES
+
+        if difficulty not in DIFFICULTIES or size < 128 or n < 1 or not 0 <= no_target_rate <= 1:
+            raise ValueError(f"synth spec: need a difficulty in {', '.join(DIFFICULTIES)}, size >= 128, n >= 1 "
+                             f"and a rate in [0, 1] (got {difficulty}, {size}, {n}, {no_target_rate})")
+        self.difficulty, self.size, self.seed, self.n, self.no_target_rate = difficulty, size, seed, n, no_target_rate
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> Item:  # type: ignore[override]
+        from agent.synth import generate_scene, scene_seed
+
+        if not -self.n <= index < self.n:
+            raise IndexError(index)
+        index %= self.n
+        scene = generate_scene(scene_seed(self.seed, index), self.size, self.difficulty, self.no_target_rate)
+        mask = scene.mask if scene.mask is not None else np.zeros(scene.image.shape[:2], dtype=bool)
+        sample = Sample(id=f"synth_{self.seed}_{index:05d}", image=Path(f"synth_{self.seed}_{index:05d}.png"),
+                        query=scene.query, kind=scene.meta["kind"])
+        return Item(sample, scene.image, mask, None)
+
+
+def items(spec: str) -> Sequence[Item]:
+    """The items a ``--data`` spec names (see the module docstring)."""
+    scheme, _, rest = spec.partition(":")
+    if scheme != "synth":
+        from agent.datasets import load_samples
+
+        return load_items(load_samples(spec))
+    parts = rest.split(":")
+    try:
+        difficulty, size, seed, n = parts[0], int(parts[1]), int(parts[2]), int(parts[3])
+        rate = float(parts[4]) if len(parts) == 5 else 0.0
+        if len(parts) not in (4, 5):
+            raise IndexError
+    except (IndexError, ValueError):
+        raise ValueError(f"{spec}: expected synth:DIFFICULTY:SIZE:SEED:N[:NO_TARGET_RATE]") from None
+    return SynthItems(difficulty, size, seed, n, rate)
 
 
 def load_items(samples: Sequence[Sample]) -> list[Item]:

@@ -3,9 +3,15 @@
 The expert's episodes run through the same ``Agent`` graph and tools as every other episode; the
 student rides along (``ExpertForcing``): each turn it builds its own inputs and records the expert's
 action as its decision. The loss is the negative log-probability of those decisions only (masked mean
-over decision positions). Expert records are cached on disk, keyed by data, expert, student config and
-episode settings. Held-out greedy episodes are scored every ``eval_every`` steps; logs go to
-``sft_log.csv`` and ``sft_curves.png``, checkpoints to ``step_XXXXX/`` and ``final/``.
+over decision positions).
+
+Data. With ``pool_size`` 0 the expert runs once over all of ``--data`` and its records are cached on
+disk, keyed by data, expert, student config and episode settings. With a pool (for unbounded data such
+as ``synth:...`` specs, see ``rl.rollout``) training draws from the ``pool_size`` most recent expert
+episodes, and every ``refresh_every`` steps ``refresh_size`` new ones (the next items of ``--data``,
+wrapping around) replace the oldest: fresh scenes instead of memorised ones, at a bounded memory.
+Held-out greedy episodes are scored every ``eval_every`` steps; logs go to ``sft_log.csv`` and
+``sft_curves.png``, checkpoints to ``step_XXXXX/`` and ``final/``.
 """
 
 from __future__ import annotations
@@ -45,6 +51,10 @@ class SFTConfig(BaseModel):
     seed: int = 0
     threads: int = Field(1, ge=1)
     cache: Path | None = None
+    pool_size: int = Field(0, ge=0, description="expert episodes trained on at a time; 0: all of --data, once")
+    refresh_every: int = Field(25, ge=1, description="with a pool: steps between refreshes")
+    refresh_size: int = Field(32, ge=1, description="with a pool: new expert episodes per refresh")
+    expert_options: dict[str, Any] = Field(default_factory=dict, description="e.g. the oracle's box_jitter")
     compact_options: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -59,26 +69,18 @@ def _cache_key(config: SFTConfig, student: Any, n_items: int) -> str:
 
 
 def collect_expert_records(student: Any, expert: Any, segmenter: Any, items: list, episode_config: Any,
-                           cache_dir: Path | None = None, prefix: str = "expert") -> tuple[list, dict[str, float]]:
+                           prefix: str = "expert") -> tuple[list, dict[str, float]]:
     """The student's records of the expert's episodes over ``items`` (and the expert's mean IoU)."""
-    import torch
     from agent.episode import Agent
-
     from rl.learnable import ExpertForcing
     from rl.rollout import run_episodes, tool_rates
     from tools.masks import iou
 
-    if cache_dir is not None and (cache_dir / "records.pt").is_file():
-        saved = torch.load(cache_dir / "records.pt", weights_only=False)
-        return saved["records"], saved["stats"]
     agent = Agent(ExpertForcing(expert, student), segmenter, config=episode_config)
     results = asyncio.run(run_episodes(agent, [(item, f"{prefix}-{i}") for i, item in enumerate(items)]))
     records = [student.decisions(r.trajectory) for r in results]
     stats = {"expert_giou": sum(iou(r.mask, it.mask, it.ignore) for r, it in zip(results, items, strict=True))
              / max(len(items), 1), **tool_rates([r.trajectory for r in results])}
-    if cache_dir is not None:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        torch.save({"records": records, "stats": stats}, cache_dir / "records.pt")
     return records, stats
 
 
@@ -112,37 +114,69 @@ def _is_compact(directory: Path) -> bool:
         return False
 
 
-def build_expert(name: str, student: Any) -> Any:
+def build_expert(name: str, student: Any, options: dict[str, Any]) -> Any:
     from policies import build_policy
 
-    return build_policy(name, max_side=student.max_side)
+    return build_policy(name, max_side=student.max_side, **options)
 
 
 def train(config: SFTConfig) -> dict[str, Any]:
     import torch
-    from agent.episode import EpisodeConfig
 
-    from agent.datasets import load_samples
+    from agent.episode import EpisodeConfig
     from rl.curves import CurveLog, plot_curves
-    from rl.rollout import evaluate, load_items, peak_memory_mb
+    from rl.rollout import SynthItems, evaluate, items, peak_memory_mb
     from tools.segmenters import build_segmenter
 
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     config.out.mkdir(parents=True, exist_ok=True)
     (config.out / "sft_config.json").write_text(config.model_dump_json(indent=1))
-    train_items = load_items(load_samples(config.data))
-    eval_items = load_items(load_samples(config.eval_data)[: config.eval_n]) if config.eval_data else []
-    student = build_student(config, [it.sample.query for it in train_items])
-    expert = build_expert(config.expert, student)
+    data = items(config.data)
+    eval_items = []
+    if config.eval_data:
+        held_out = items(config.eval_data)
+        eval_items = [held_out[i] for i in range(min(config.eval_n, len(held_out)))]
+    if isinstance(data, SynthItems):
+        from agent.synth import VOCABULARY
+
+        queries = list(VOCABULARY)  # the grammar's words, without generating every scene
+    else:
+        queries = [it.sample.query for it in data]
+    student = build_student(config, queries)
+    expert = build_expert(config.expert, student, config.expert_options)
     segmenter = build_segmenter(config.segmenter)
     episode_config = EpisodeConfig(max_turns=config.max_turns)
 
-    cache = config.cache or config.out / "expert_cache"
+    cursor = 0
+
+    def collect(n: int, cache_dir: Path | None = None) -> tuple[list, dict[str, float]]:
+        """Expert records of the next ``n`` items, 64 episodes at a time (bounded image memory)."""
+        nonlocal cursor
+        if cache_dir is not None and (cache_dir / "records.pt").is_file():
+            saved = torch.load(cache_dir / "records.pt", weights_only=False)
+            return saved["records"], saved["stats"]
+        found, weighted = [], {}
+        for start in range(0, n, 64):
+            chunk = [data[(cursor + i) % len(data)] for i in range(start, min(n, start + 64))]
+            part, part_stats = collect_expert_records(student, expert, segmenter, chunk, episode_config,
+                                                      prefix=f"expert-{cursor + start}")
+            found += part
+            for key, value in part_stats.items():
+                weighted[key] = weighted.get(key, 0.0) + value * len(chunk) / n
+        cursor += n
+        found = [r for r in found if r]
+        if cache_dir is not None:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            torch.save({"records": found, "stats": weighted}, cache_dir / "records.pt")
+        return found, weighted
+
     started = time.perf_counter()
-    records, stats = collect_expert_records(student, expert, segmenter, train_items, episode_config,
-                                            cache / _cache_key(config, student, len(train_items)))
-    records = [r for r in records if r]
+    if config.pool_size:
+        records, stats = collect(config.pool_size)
+    else:
+        cache = config.cache or config.out / "expert_cache"
+        records, stats = collect(len(data), cache / _cache_key(config, student, len(data)))
     print(f"expert: {len(records)} episodes, gIoU {stats['expert_giou']:.3f}, "
           f"{time.perf_counter() - started:.0f}s", file=sys.stderr)
     if not records:
@@ -175,6 +209,9 @@ def train(config: SFTConfig) -> dict[str, Any]:
     student.train(True)
     tic, decisions = time.perf_counter(), 0
     for step in range(1, config.steps + 1):
+        if config.pool_size and step % config.refresh_every == 0:
+            fresh, _ = collect(config.refresh_size)
+            records = records[len(fresh):] + fresh
         index = torch.randint(len(records), (config.batch_size,), generator=generator).tolist()
         batch = [records[i] for i in index]
         loss = sft_loss(student, batch)
@@ -198,32 +235,29 @@ def train(config: SFTConfig) -> dict[str, Any]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", required=True, help="training samples (manifest or reader spec)")
+    fields = SFTConfig.model_fields
+    parser.add_argument("--data", required=True, help="training samples (manifest, reader spec or synth:...)")
     parser.add_argument("--eval-data", help="held-out samples scored every --eval-every steps")
-    parser.add_argument("--expert", default="oracle", help="scripted expert policy (default oracle)")
     parser.add_argument("--model", type=Path, help="learnable policy directory to start from")
     parser.add_argument("--init", choices=("compact",), help="start from a fresh compact policy instead")
     parser.add_argument("--out", required=True, type=Path, help="output directory")
-    parser.add_argument("--segmenter", default="grabcut")
-    parser.add_argument("--steps", type=int, default=600)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--eval-every", type=int, default=200)
-    parser.add_argument("--eval-n", type=int, default=50)
-    parser.add_argument("--max-turns", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cache", type=Path, help="expert-record cache directory (default OUT/expert_cache)")
+    for name in ("expert", "segmenter", "steps", "batch_size", "lr", "weight_decay", "eval_every", "eval_n",
+                 "max_turns", "seed", "threads", "pool_size", "refresh_every", "refresh_size"):
+        field = fields[name]
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(field.default), default=field.default,
+                            help=field.description)
+    parser.add_argument("--expert-options", type=json.loads, default={},
+                        help='JSON options for the expert, e.g. \'{"box_jitter": 0.05}\'')
+    parser.add_argument("--compact-options", type=json.loads, default={},
+                        help='JSON CompactConfig fields for --init compact, e.g. \'{"input_size": 128}\'')
 
 
 def main(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     try:
-        config = SFTConfig(data=args.data, eval_data=args.eval_data, expert=args.expert, model=args.model,
-                           init=args.init, out=args.out, segmenter=args.segmenter, steps=args.steps,
-                           batch_size=args.batch_size, lr=args.lr, eval_every=args.eval_every, eval_n=args.eval_n,
-                           max_turns=args.max_turns, seed=args.seed, threads=args.threads, cache=args.cache)
+        config = SFTConfig(**{name: getattr(args, name) for name in SFTConfig.model_fields if hasattr(args, name)})
         summary = train(config)
     except (ValidationError, ValueError, ImportError, OSError) as exc:
         print(f"segloop train sft: {str(exc).splitlines()[0]}", file=sys.stderr)

@@ -38,7 +38,11 @@ def test_it_is_a_learnable_policy_and_forward_has_the_documented_shapes(policy: 
                      torch.tensor([[2, 3, 0], [4, 0, 0], [1, 1, 1]]), torch.zeros(3, STATE_SIZE))
     assert out["tool"].shape == (3, len(TOOLS))
     assert out["use_point"].shape == (3, 2)
-    assert out["top_left"].shape == out["bottom_right"].shape == out["point"].shape == (3, 16 * 16)
+    assert out["centre"].shape == out["point"].shape == (3, 16 * 16)
+    bins = policy.config.size_bins
+    assert out["width"].shape == out["height"].shape == (3, bins, 16 * 16)
+    shares = policy.config.size_shares()
+    assert shares[0] == pytest.approx(policy.config.min_share) and shares[-1] == pytest.approx(1.0)
 
 
 def test_act_writes_parseable_calls_with_coordinates_inside_the_view(policy: CompactPolicy) -> None:
@@ -77,19 +81,34 @@ def test_recorded_log_probs_match_a_later_forward(policy: CompactPolicy) -> None
     assert scored.entropy is not None and (scored.entropy >= 0).all()
 
 
-def test_imitate_records_the_expert_box_as_cells(policy: CompactPolicy) -> None:
+def test_imitate_records_the_expert_box_as_centre_cell_and_size_bins(policy: CompactPolicy) -> None:
     context = _context("x")
     text = format_call(Segment(bbox_2d=[14, 21, 42, 63], points_2d=[[28, 40]]))
     turn = asyncio.run(policy.imitate(context, text))
     assert turn.text == text
-    parts = turn.decision.parts.tolist()
-    grid, cell = 16, 112 / 16                      # view is 112 x 84; cells 7 x 5.25 px
-    assert parts[0] == TOOLS.index("segment")
-    assert parts[1] == int(21 / 5.25) * grid + int(14 / cell)
-    assert parts[2] == (int(np.ceil(63 / 5.25)) - 1) * grid + (int(np.ceil(42 / cell)) - 1)
-    assert parts[3:] == [1, int(40 / 5.25) * grid + int(28 / cell)]
+    parts = dict(zip(PARTS, turn.decision.parts.tolist(), strict=True))
+    grid, cell_w, cell_h = 16, 112 / 16, 84 / 16          # view is 112 x 84
+    assert parts["tool"] == TOOLS.index("segment")
+    assert parts["centre"] == int(42 / cell_h) * grid + int(28 / cell_w)
+    shares = np.array(policy.config.size_shares())
+    assert shares[parts["width"]] == pytest.approx(28 / 112, rel=0.15)   # nearest log bin (ratio ~1.3)
+    assert shares[parts["height"]] == pytest.approx(42 / 84, rel=0.15)
+    assert parts["use_point"] == 1 and parts["point"] == int(40 / cell_h) * grid + int(28 / cell_w)
     with pytest.raises(ValueError, match="not a valid action"):
         asyncio.run(policy.imitate(_context("y"), "no call here"))
+
+
+def test_a_recorded_box_is_written_back_around_the_same_centre_and_size(policy: CompactPolicy) -> None:
+    view = full_view(640, 480, 112)
+    for box in ([14, 21, 42, 63], [0, 0, 112, 84], [100, 70, 104, 80]):
+        turn = asyncio.run(policy.imitate(_context(f"r{box[0]}", view=view), format_call(ZoomIn(bbox_2d=box))))
+        written = parse_turn(policy._text(turn.decision.parts, view)).action
+        assert check_box(written.bbox_2d, view) == tuple(written.bbox_2d)
+        centre = ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
+        got = ((written.bbox_2d[0] + written.bbox_2d[2]) / 2, (written.bbox_2d[1] + written.bbox_2d[3]) / 2)
+        # within a cell (7 x 5.25 px) of the centre, or clipped at the view's edge
+        assert abs(got[0] - centre[0]) <= 7 + 1 or written.bbox_2d[0] == 0 or written.bbox_2d[2] == 112
+        assert abs(got[1] - centre[1]) <= 5.25 + 1 or written.bbox_2d[1] == 0 or written.bbox_2d[3] == 84
 
 
 def test_save_and_load_give_identical_outputs(policy: CompactPolicy, tmp_path) -> None:
@@ -102,5 +121,77 @@ def test_save_and_load_give_identical_outputs(policy: CompactPolicy, tmp_path) -
         b = asyncio.run(loaded.act(_context(f"b{i}", seed=i)))
         assert a.text == b.text
         assert torch.equal(a.decision.log_probs, b.decision.log_probs)
+    assert CompactPolicy.from_pretrained(tmp_path / "m").greedy  # a loaded policy acts on its best guess
     with pytest.raises(FileNotFoundError, match="missing"):
         CompactPolicy.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="lora_rank"):
+        load_learnable(tmp_path / "m", lora_rank=4)
+
+
+def test_symmetries_move_the_image_the_decision_and_the_directional_words_together() -> None:
+    from policies.compact import symmetry
+
+    vocabulary = ["<pad>", "<unk>", "the", "red", "circle", "left", "of", "right", "above", "below", "leftmost",
+                  "topmost", "rightmost", "bottommost"]
+    words = symmetry.word_permutations(vocabulary)
+    grid, size = 8, 32
+    image = torch.zeros(3, size, size, dtype=torch.uint8)
+    image[0, 4:8, 20:24] = 255                           # the target sits in cell x=5, y=1
+    query = torch.tensor([vocabulary.index(w) for w in ["the", "red", "circle", "left", "of", "leftmost"]])
+    parts = torch.tensor([2, 1 * grid + 5, 3, 9, 1, 1 * grid + 5])  # tool, centre, width, height, use, point
+    seen = set()
+    for k in range(8):
+        img, _cand, q, p = symmetry.apply(k, image, torch.zeros(size, size, dtype=torch.bool), query, parts, words,
+                                         grid, cell_parts=(1, 5), width_part=2, height_part=3)
+        cx, cy = int(p[1]) % grid, int(p[1]) // grid
+        assert img[0, cy * 4 : cy * 4 + 4, cx * 4 : cx * 4 + 4].float().mean() == 255  # block moved with the cell
+        assert int(p[5]) == int(p[1])
+        assert (int(p[2]), int(p[3])) == ((9, 3) if k & 4 else (3, 9))               # a transpose swaps sides
+        text = [vocabulary[i] for i in q]
+        flipped_x = bool(k & 1)
+        direction = ("right" if flipped_x else "left") if not k & 4 else ("below" if flipped_x else "above")
+        assert text[3] == direction, (k, text)
+        seen.add((cx, cy))
+    assert len(seen) == 8                                 # eight different placements
+
+
+def test_imitated_turns_are_scored_under_symmetries_only_while_training(policy: CompactPolicy) -> None:
+    text = format_call(Segment(bbox_2d=[14, 21, 42, 63]))
+
+    async def episode(i: int):
+        await policy.imitate(_context(f"m{i}", seed=i), text)
+        return policy.end_episode(f"m{i}")
+
+    records = [asyncio.run(episode(i)) for i in range(6)]
+    policy.train(False)
+    assert torch.allclose(policy.log_probs(records).log_probs, policy.log_probs(records).log_probs)
+    policy.train(True)
+    torch.manual_seed(0)
+    scored = [policy.log_probs(records).log_probs for _ in range(3)]
+    assert not all(torch.allclose(scored[0], s) for s in scored[1:])
+
+
+def test_the_shipped_checkpoint_is_small_and_finds_targets_on_held_out_scenes() -> None:
+    from agent.episode import Agent, EpisodeConfig
+    from policies import build_policy
+    from policies.compact import DEFAULT_CHECKPOINT
+    from rl.rollout import items
+    from tools.masks import iou
+    from tools.segmenters import build_segmenter
+
+    assert sum(f.stat().st_size for f in DEFAULT_CHECKPOINT.iterdir()) < 5 * 2**20
+    policy = build_policy("compact")  # no model given: the shipped checkpoint
+    assert isinstance(policy, CompactPolicy) and policy.greedy
+    agent = Agent(policy, build_segmenter("grabcut"), EpisodeConfig(max_turns=8))
+    scenes = [items("synth:easy:768:1000:24")[i] for i in range(24)]  # held out: training used seeds 1, 2
+
+    async def run_all():
+        return await asyncio.gather(*[agent.run(s.image, s.sample.query, episode_id=s.sample.id) for s in scenes])
+
+    results = asyncio.run(run_all())
+    scores = [iou(r.mask, s.mask) for r, s in zip(results, scenes, strict=True)]
+    assert all(r.trajectory.policy_error is None for r in results)
+    # A zoom past the maximum can happen; it is answered with an error observation, and rare.
+    assert sum(r.trajectory.invalid_actions for r in results) <= len(results) // 4
+    assert sum(r.trajectory.tool_counts.get("zoom_in", 0) > 0 for r in results) >= 12  # it zooms
+    assert np.mean(scores) > 0.05, scores  # an untrained policy scores 0.000 on held-out scenes

@@ -98,3 +98,53 @@ def test_grpo_step_moves_probability_towards_positive_advantages() -> None:
     assert ((after.log_probs * after.mask).sum(1) @ advantages).item() > gain_before
     assert stats["kl"] > 0
     assert torch.equal(after.recorded, start.recorded)  # act-time log-probs stay what they were
+
+
+def test_synth_items_are_the_scenes_segloop_synth_writes(tmp_path) -> None:
+    from agent.datasets import read_manifest
+    from agent.synth import write_world
+    from rl.rollout import SynthItems, items
+
+    manifest = write_world(tmp_path, n=3, seed=5, size=160, difficulty="easy", no_target_rate=0.5, progress=False)
+    written = read_manifest(manifest)
+    generated = items("synth:easy:160:5:3:0.5")
+    assert isinstance(generated, SynthItems) and len(generated) == 3
+    for sample, item in zip(written, generated, strict=True):
+        assert (item.sample.id, item.sample.query, item.sample.kind) == (sample.id, sample.query, sample.kind)
+        image = sample.load_image()
+        assert np.array_equal(item.image, image)
+        assert np.array_equal(item.mask, sample.load_mask(image.shape[:2]))
+    with pytest.raises(IndexError):
+        generated[3]
+    for bad in ("synth:easy:160", "synth:weird:160:1:3", "synth:easy:160:1:3:2.0", "synth:easy:x:1:3"):
+        with pytest.raises(ValueError, match="synth"):
+            items(bad)
+
+
+@pytest.mark.slow
+def test_sft_from_a_refreshed_pool_then_grpo_and_resume_through_the_cli(tmp_path) -> None:
+    from agent.cli import main as cli_main
+    from rl.curves import CurveLog
+    from rl.learnable import load_learnable
+
+    world, held_out = "synth:easy:256:1:100000", "synth:easy:256:9:4"
+    small = '{"max_side": 112, "input_size": 64, "grid": 16, "channels": 16, "word_dim": 8, "cond_dim": 16}'
+    assert cli_main(["train", "sft", "--init", "compact", "--data", world, "--eval-data", held_out, "--eval-n", "4",
+                     "--out", str(tmp_path / "sft"), "--steps", "6", "--batch-size", "4", "--eval-every", "3",
+                     "--pool-size", "8", "--refresh-every", "2", "--refresh-size", "4",
+                     "--compact-options", small]) == 0
+    rows = CurveLog(tmp_path / "sft" / "sft_log.csv").rows()
+    assert [r["step"] for r in rows if r["eval_giou"]] == ["0", "3", "6"]
+    assert (tmp_path / "sft" / "sft_curves.png").stat().st_size > 0
+    assert isinstance(load_learnable(tmp_path / "sft" / "final"), CompactPolicy)
+
+    grpo = ["train", "grpo", "--model", str(tmp_path / "sft" / "final"), "--data", "synth:easy:256:2:100000",
+            "--eval-data", held_out, "--eval-n", "4", "--out", str(tmp_path / "grpo"), "--prompts-per-step", "2",
+            "--group-size", "4", "--eval-every", "2", "--save-every", "1"]
+    assert cli_main([*grpo, "--steps", "2"]) == 0
+    assert cli_main([*grpo, "--steps", "3", "--resume"]) == 0
+    rows = CurveLog(tmp_path / "grpo" / "grpo_log.csv").rows()
+    assert [r["step"] for r in rows] == ["0", "1", "2", "3"]  # resumed at 3, nothing repeated
+    assert all(0 <= float(r["zoom_rate"]) <= 1 for r in rows[1:])
+    assert cli_main(["train", "grpo", "--model", str(tmp_path / "nowhere"), "--data", world,
+                     "--out", str(tmp_path / "bad")]) == 2

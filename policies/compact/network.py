@@ -8,8 +8,10 @@ classification problem it learns in minutes.
 Inputs (one turn): the current view as the model is shown it, resized to ``input_size`` square; the
 candidate mask inside that view (what the overlay shows); the query's word ids; a small state vector
 (view depth, turn share, has candidate, previous tool, previous error).
-Outputs: logits for the tool (``TOOLS``), for using a point, and three ``grid x grid`` heatmaps
-(box top-left corner, box bottom-right corner, positive point).
+Outputs: logits for the tool (``TOOLS``) and for using a point; ``grid x grid`` heatmaps for the box
+centre and the positive point; and at every cell, logits over ``size_bins`` box widths and heights,
+read where the centre is (CenterNet-style: a box is found by finding its object, not its empty
+corners; measured, corner heatmaps localised far worse).
 """
 
 from __future__ import annotations
@@ -51,6 +53,14 @@ class CompactConfig(BaseModel):
     cond_dim: int = Field(96, ge=8)
     dilations: list[int] = Field(default_factory=lambda: [1, 2, 4, 8, 1])
     max_query_words: int = Field(24, ge=1)
+    size_bins: int = Field(16, ge=2, description="log-spaced box sides, as a share of the view's side")
+    min_share: float = Field(0.02, gt=0, lt=1, description="the smallest box side's share of the view")
+    augment: bool = Field(True, description="train imitated turns under random symmetries of the square")
+
+    def size_shares(self) -> list[float]:
+        """The box side (share of the view's side) of each size bin, log-spaced from min_share to 1."""
+        ratio = (1.0 / self.min_share) ** (1.0 / (self.size_bins - 1))
+        return [self.min_share * ratio**k for k in range(self.size_bins)]
 
     def word_ids(self, query: str) -> list[int]:
         index = {w: i for i, w in enumerate(self.vocabulary)}
@@ -106,7 +116,8 @@ class CompactNet(nn.Module):
             stem = [nn.Conv2d(width, c, 3, padding=1), nn.ReLU()]
         self.stem = nn.Sequential(*stem)
         self.blocks = nn.ModuleList(FiLMBlock(c, config.cond_dim, d) for d in config.dilations)
-        self.heatmaps = nn.Conv2d(c + 2, 3, 1)
+        # Per cell: centre, point, then size_bins widths and size_bins heights.
+        self.heatmaps = nn.Conv2d(c + 2, 2 + 2 * config.size_bins, 1)
         self.tool_head = nn.Sequential(nn.Linear(2 * c + config.cond_dim, config.cond_dim), nn.ReLU(),
                                        nn.Linear(config.cond_dim, len(TOOLS) + 2))
 
@@ -118,7 +129,8 @@ class CompactNet(nn.Module):
     def forward(self, image: torch.Tensor, candidate: torch.Tensor, query: torch.Tensor,
                 state: torch.Tensor) -> dict[str, torch.Tensor]:
         """``image`` (N, 3, S, S) uint8, ``candidate`` (N, S, S) bool/uint8, ``query`` (N, L) word ids
-        (0-padded), ``state`` (N, STATE_SIZE). Heatmap logits are flattened row-major (y * grid + x)."""
+        (0-padded), ``state`` (N, STATE_SIZE). Heatmap logits are flattened row-major (y * grid + x):
+        ``centre``, ``point`` (N, grid**2); ``width``, ``height`` (N, size_bins, grid**2)."""
         n, size = image.shape[0], self.config.input_size
         x = torch.cat([image.float() / 127.5 - 1.0, candidate.float()[:, None] * 2 - 1,
                        self._coords(n, size, image.device)], dim=1)
@@ -134,5 +146,7 @@ class CompactNet(nn.Module):
         maps = self.heatmaps(torch.cat([h, self._coords(n, grid, h.device)], dim=1)).flatten(2)
         pooled = torch.cat([h.mean((2, 3)), h.amax((2, 3)), cond], dim=-1)
         heads = self.tool_head(pooled)
+        bins = self.config.size_bins
         return {"tool": heads[:, : len(TOOLS)], "use_point": heads[:, len(TOOLS):],
-                "top_left": maps[:, 0], "bottom_right": maps[:, 1], "point": maps[:, 2]}
+                "centre": maps[:, 0], "point": maps[:, 1],
+                "width": maps[:, 2 : 2 + bins], "height": maps[:, 2 + bins :]}

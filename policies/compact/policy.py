@@ -2,9 +2,10 @@
 
 Each turn it builds the network's inputs from what it has been shown, samples (or, greedy, takes the
 most likely) action parts, and writes the same ``<tool_call>`` text any policy writes, with integer
-coordinates in the current view's frame. A turn's decision is five parts: tool, box top-left cell, box
-bottom-right cell (restricted to cells right of and below the top-left one, so every box is valid),
-whether to add a point, the point's cell; parts the chosen tool does not use are masked out.
+coordinates in the current view's frame. A turn's decision is six parts: tool, the box's centre cell,
+its width and height bins (read at that cell; log-spaced shares of the view, so every box is valid),
+whether to add a positive point, the point's cell; parts the chosen tool does not use are masked out.
+Imitated turns (SFT) are recorded the same way, from the expert's text.
 
 Concurrent episodes (a GRPO group) are answered in one forward pass: ``act`` queues its inputs and the
 first caller of a loop iteration schedules one batched step for everything queued by then.
@@ -26,6 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from agent.actions import InspectMask, Segment, Submit, ZoomIn, ZoomOut, format_call, parse_turn
 from agent.policy import PolicyContext, PolicyTurn
+from policies.compact import symmetry
 from policies.compact.network import (
     MAX_DEPTH,
     PREVIOUS,
@@ -38,7 +40,7 @@ from policies.compact.network import (
 from rl.learnable import DecisionLogProbs
 from tools.views import View, resize_mask_to_view
 
-PARTS = ("tool", "top_left", "bottom_right", "use_point", "point")
+PARTS = ("tool", "centre", "width", "height", "use_point", "point")
 N_PARTS = len(PARTS)
 _BOXED = {TOOLS.index("zoom_in"), TOOLS.index("segment")}
 _SEGMENT = TOOLS.index("segment")
@@ -46,8 +48,8 @@ _SEGMENT = TOOLS.index("segment")
 
 @dataclass
 class TurnRecord:
-    """One decision: the network's inputs, the chosen index of each part (-1: unused) and the
-    log-probs recorded when it was chosen (0 where unused)."""
+    """One decision: the network's inputs, the chosen index of each part (-1: unused), the log-probs
+    recorded when it was chosen (0 where unused), and whether it imitates an expert."""
 
     image: torch.Tensor      # uint8 (3, S, S)
     candidate: torch.Tensor  # bool (S, S)
@@ -55,6 +57,7 @@ class TurnRecord:
     state: torch.Tensor      # float (STATE_SIZE,)
     parts: torch.Tensor      # long (N_PARTS,)
     log_probs: torch.Tensor  # float (N_PARTS,)
+    imitated: bool = False
 
 
 @dataclass
@@ -79,8 +82,10 @@ class CompactPolicy:
         self.net = (net or CompactNet(config)).to(self.device)
         self.greedy = greedy
         self.generator = torch.Generator(device="cpu").manual_seed(seed)
+        self._word_maps = symmetry.word_permutations(config.vocabulary)
         self._episodes: dict[str, _Episode] = {}
-        self._pending: list[tuple[dict[str, torch.Tensor], dict[str, Any], asyncio.Future]] = []
+        # Queued turns: inputs, the parts to record instead of choosing (imitation) or None, the answer.
+        self._pending: list[tuple[dict[str, torch.Tensor], torch.Tensor | None, asyncio.Future]] = []
 
     # -- construction and persistence ----------------------------------------------------------------
     @classmethod
@@ -91,6 +96,12 @@ class CompactPolicy:
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, **options: Any) -> CompactPolicy:
+        """The policy saved in ``directory``. It acts greedily (its most likely action, what it was
+        trained towards) unless ``greedy=False`` is given; the trainers set ``greedy`` themselves."""
+        unknown = set(options) - {"greedy", "seed", "device"}
+        if unknown:  # e.g. lora_rank or gradient_checkpointing, which only language models take
+            raise ValueError(f"the compact policy does not take {', '.join(sorted(unknown))}")
+        options.setdefault("greedy", True)
         directory = Path(directory)
         try:
             config = CompactConfig.model_validate_json((directory / "config.json").read_text())
@@ -166,20 +177,28 @@ class CompactPolicy:
     # -- acting ---------------------------------------------------------------------------------------
     async def act(self, context: PolicyContext) -> PolicyTurn:
         inputs = self._inputs(context)
-        future: asyncio.Future = asyncio.get_running_loop().create_future()
-        self._pending.append((inputs, {"view": context.view}, future))
-        if len(self._pending) == 1:
-            asyncio.get_running_loop().call_soon(self._step)
-        parts, log_probs = await future
+        parts, log_probs = await self._queue(inputs, None)
         return self._record(context, inputs, parts, log_probs, self._text(parts, context.view))
 
+    async def _queue(self, inputs: dict[str, torch.Tensor], forced: torch.Tensor | None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._pending.append((inputs, forced, future))
+        if len(self._pending) == 1:
+            asyncio.get_running_loop().call_soon(self._step)
+        return await future
+
     def _step(self) -> None:
-        """Sample (or argmax) the parts of every queued turn in one forward pass."""
+        """Sample (or argmax) the parts of every queued turn in one forward pass; imitated turns keep
+        the expert's parts and get their log-probs."""
         pending, self._pending = self._pending, []
         try:
             with torch.no_grad():
                 out = self.net(*self._stack([p[0] for p in pending]))
                 chosen = self._choose(out)
+                for i, (_, forced, _) in enumerate(pending):
+                    if forced is not None:
+                        chosen[i] = forced
                 lp, _, _ = self._part_log_probs(out, chosen)
         except Exception as exc:  # a failure belongs to every waiting episode, not to the loop
             for _, _, future in pending:
@@ -194,17 +213,19 @@ class CompactPolicy:
         n = out["tool"].shape[0]
         chosen = torch.full((n, N_PARTS), -1, dtype=torch.long)
         tool = self._pick(out["tool"])
-        top_left = self._pick(out["top_left"])
-        bottom_right = self._pick(self._restrict(out["bottom_right"], top_left))
+        centre = self._pick(out["centre"])
+        width = self._pick(self._at(out["width"], centre))
+        height = self._pick(self._at(out["height"], centre))
         use_point = self._pick(out["use_point"])
         point = self._pick(out["point"])
         boxed = torch.tensor([int(t) in _BOXED for t in tool])
         segment = tool == _SEGMENT
         chosen[:, 0] = tool
-        chosen[:, 1] = torch.where(boxed, top_left, -1)
-        chosen[:, 2] = torch.where(boxed, bottom_right, -1)
-        chosen[:, 3] = torch.where(segment, use_point, -1)
-        chosen[:, 4] = torch.where(segment & (use_point == 1), point, -1)
+        chosen[:, 1] = torch.where(boxed, centre, -1)
+        chosen[:, 2] = torch.where(boxed, width, -1)
+        chosen[:, 3] = torch.where(boxed, height, -1)
+        chosen[:, 4] = torch.where(segment, use_point, -1)
+        chosen[:, 5] = torch.where(segment & (use_point == 1), point, -1)
         return chosen
 
     def _pick(self, logits: torch.Tensor) -> torch.Tensor:
@@ -213,29 +234,31 @@ class CompactPolicy:
             return logits.argmax(-1)
         return torch.multinomial(torch.softmax(logits, -1), 1, generator=self.generator)[:, 0]
 
-    def _restrict(self, logits: torch.Tensor, top_left: torch.Tensor) -> torch.Tensor:
-        """Bottom-right logits with cells left of or above the top-left cell removed."""
-        grid = self.config.grid
-        cells = torch.arange(grid * grid, device=logits.device)
-        tl = top_left.clamp_min(0).to(logits.device)
-        allowed = ((cells[None] % grid) >= (tl[:, None] % grid)) & ((cells[None] // grid) >= (tl[:, None] // grid))
-        return logits.masked_fill(~allowed, float("-inf"))
+    @staticmethod
+    def _at(maps: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+        """Size logits (N, bins) read at each row's cell of (N, bins, grid**2) maps (-1: cell 0)."""
+        index = cells.clamp_min(0).to(maps.device)[:, None, None].expand(-1, maps.shape[1], 1)
+        return maps.gather(2, index)[..., 0]
 
     def _text(self, parts: torch.Tensor, view: View) -> str:
         tool = TOOLS[int(parts[0])]
         grid, width, height = self.config.grid, view.width, view.height
         if tool in ("zoom_in", "segment"):
-            tl, br = int(parts[1]), int(parts[2])
-            box = [math.floor((tl % grid) * width / grid), math.floor((tl // grid) * height / grid),
-                   math.ceil((br % grid + 1) * width / grid), math.ceil((br // grid + 1) * height / grid)]
-            box = [min(box[0], width - 1), min(box[1], height - 1), min(box[2], width), min(box[3], height)]
+            shares = self.config.size_shares()
+            cell = int(parts[1])
+            cx, cy = (cell % grid + 0.5) * width / grid, (cell // grid + 0.5) * height / grid
+            half_w, half_h = shares[int(parts[2])] * width / 2, shares[int(parts[3])] * height / 2
+            x1 = min(max(math.floor(cx - half_w), 0), width - 1)
+            y1 = min(max(math.floor(cy - half_h), 0), height - 1)
+            box = [x1, y1, max(min(math.ceil(cx + half_w), width), x1 + 1),
+                   max(min(math.ceil(cy + half_h), height), y1 + 1)]
             if tool == "zoom_in":
                 return format_call(ZoomIn(bbox_2d=box))
             points = None
-            if int(parts[3]) == 1:
-                cell = int(parts[4])
-                points = [[min(round((cell % grid + 0.5) * width / grid), width - 1),
-                           min(round((cell // grid + 0.5) * height / grid), height - 1)]]
+            if int(parts[4]) == 1:
+                point = int(parts[5])
+                points = [[min(math.floor((point % grid + 0.5) * width / grid), width - 1),
+                           min(math.floor((point // grid + 0.5) * height / grid), height - 1)]]
             return format_call(Segment(bbox_2d=box, points_2d=points))
         if tool == "zoom_out":
             return format_call(ZoomOut())
@@ -244,15 +267,16 @@ class CompactPolicy:
         return format_call(Submit(no_target=tool == "submit_no_target"))
 
     def _record(self, context: PolicyContext, inputs: dict[str, torch.Tensor], parts: torch.Tensor,
-                log_probs: torch.Tensor, text: str) -> PolicyTurn:
+                log_probs: torch.Tensor, text: str, imitated: bool = False) -> PolicyTurn:
         record = TurnRecord(inputs["image"], inputs["candidate"], inputs["query"], inputs["state"], parts,
-                            log_probs)
+                            log_probs, imitated)
         self._episodes[context.episode_id].turns.append(record)
         return PolicyTurn(text=text, decision=record)
 
     async def imitate(self, context: PolicyContext, text: str) -> PolicyTurn:
-        """Record an expert's turn as this policy's decision: its action mapped to grid cells (a box to
-        the cells holding its corners, the first positive point; other points cannot be expressed)."""
+        """Record an expert's turn as this policy's decision: a box as the cell holding its centre and
+        the nearest size bins (log scale), the first positive point as its cell (other points cannot
+        be expressed)."""
         parsed = parse_turn(text)
         if parsed.action is None:
             reason = parsed.error.message if parsed.error else text
@@ -261,10 +285,15 @@ class CompactPolicy:
         action, view, grid = parsed.action, context.view, self.config.grid
         parts = torch.full((N_PARTS,), -1, dtype=torch.long)
 
-        def cell(x: float, y: float, upper: bool = False) -> tuple[int, int]:
-            fx, fy = x * grid / view.width, y * grid / view.height
-            cx, cy = (math.ceil(fx) - 1, math.ceil(fy) - 1) if upper else (math.floor(fx), math.floor(fy))
-            return min(max(cx, 0), grid - 1), min(max(cy, 0), grid - 1)
+        def cell(x: float, y: float) -> int:
+            cx = min(max(math.floor(x * grid / view.width), 0), grid - 1)
+            cy = min(max(math.floor(y * grid / view.height), 0), grid - 1)
+            return cy * grid + cx
+
+        log_shares = np.log(self.config.size_shares())
+
+        def size_bin(share: float) -> int:
+            return int(np.abs(log_shares - math.log(max(share, 1e-6))).argmin())
 
         if isinstance(action, Submit):
             parts[0] = TOOLS.index("submit_no_target" if action.no_target else "submit")
@@ -274,21 +303,17 @@ class CompactPolicy:
             if action.bbox_2d is None:
                 raise ValueError("the compact policy always segments with a box; the expert gave points only")
             x1, y1, x2, y2 = action.bbox_2d
-            tlx, tly = cell(x1, y1)
-            brx, bry = cell(x2, y2, upper=True)
-            parts[1] = tly * grid + tlx
-            parts[2] = max(bry, tly) * grid + max(brx, tlx)
+            parts[1] = cell((x1 + x2) / 2, (y1 + y2) / 2)
+            parts[2] = size_bin((x2 - x1) / view.width)
+            parts[3] = size_bin((y2 - y1) / view.height)
         if isinstance(action, Segment):
             positives = [p for p, label in zip(action.points_2d or [], action.point_labels or [], strict=True)
                          if label == 1]
-            parts[3] = int(bool(positives))
+            parts[4] = int(bool(positives))
             if positives:
-                px, py = cell(*positives[0])
-                parts[4] = py * grid + px
-        with torch.no_grad():
-            out = self.net(*self._stack([inputs]))
-            log_probs, _, _ = self._part_log_probs(out, parts[None])
-        return self._record(context, inputs, parts, log_probs[0].cpu(), text)
+                parts[5] = cell(*positives[0])
+        parts, log_probs = await self._queue(inputs, parts)
+        return self._record(context, inputs, parts, log_probs, text, imitated=True)
 
     def end_episode(self, episode_id: str) -> list[TurnRecord] | None:
         episode = self._episodes.pop(episode_id, None)
@@ -312,26 +337,37 @@ class CompactPolicy:
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per turn and part: log-prob of the chosen index, mask (part used), entropy; (N, N_PARTS)."""
         chosen = chosen.to(out["tool"].device)
-        logits = [out["tool"], out["top_left"], self._restrict(out["bottom_right"], chosen[:, 1]),
-                  out["use_point"], out["point"]]
+        logits = [out["tool"], out["centre"], self._at(out["width"], chosen[:, 1]),
+                  self._at(out["height"], chosen[:, 1]), out["use_point"], out["point"]]
         mask = (chosen >= 0).float()
         log_probs, entropies = [], []
         for k, part_logits in enumerate(logits):
             log_p = torch.log_softmax(part_logits.float(), -1)
             index = chosen[:, k].clamp_min(0)
             log_probs.append(log_p.gather(1, index[:, None])[:, 0])
-            p = log_p.exp()
-            entropies.append(-(p * log_p.masked_fill(p == 0, 0.0)).sum(-1))
+            entropies.append(-(log_p.exp() * log_p).sum(-1))
         return torch.stack(log_probs, 1) * mask, mask, torch.stack(entropies, 1) * mask
 
     def log_probs(self, records: list[list[TurnRecord]]) -> DecisionLogProbs:
-        """One row per episode: its turns' parts in order, padded to the longest episode."""
+        """One row per episode: its turns' parts in order, padded to the longest episode. While training
+        with ``augment``, each imitated turn is scored under a random symmetry of the square (its
+        ``recorded`` log-probs stay those of the turn as seen)."""
         flat = [turn for episode in records for turn in episode]
         if not flat:
             raise ValueError("no decisions to score: every episode record is empty")
-        out = self.net(*self._stack([{"image": t.image, "candidate": t.candidate, "query": t.query,
-                                      "state": t.state} for t in flat]))
-        chosen = torch.stack([t.parts for t in flat])
+        inputs, chosen_rows = [], []
+        for t in flat:
+            image, candidate, query, parts = t.image, t.candidate, t.query, t.parts
+            if t.imitated and self.config.augment and self.net.training:
+                k = int(torch.randint(8, (1,), generator=self.generator))
+                image, candidate, query, parts = symmetry.apply(
+                    k, image, candidate, query, parts, self._word_maps, self.config.grid,
+                    cell_parts=(PARTS.index("centre"), PARTS.index("point")),
+                    width_part=PARTS.index("width"), height_part=PARTS.index("height"))
+            inputs.append({"image": image, "candidate": candidate, "query": query, "state": t.state})
+            chosen_rows.append(parts)
+        out = self.net(*self._stack(inputs))
+        chosen = torch.stack(chosen_rows)
         lp, mask, entropy = self._part_log_probs(out, chosen)
         recorded = torch.stack([t.log_probs for t in flat]).to(lp.device) * mask
         width = max(len(e) for e in records) * N_PARTS
