@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench agent": ("agent.bench", "time the agent's own per-turn overhead"),
     "train sft": ("rl.sft", "supervised warm start from expert trajectories"),
     "train grpo": ("rl.grpo", "GRPO on the IoU of the submitted mask"),
+    "export-verl": ("rl.verl.export", "write a manifest as verl's RLHFDataset parquet for the segloop_agent loop"),
 }
 
 
