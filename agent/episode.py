@@ -14,7 +14,7 @@ import itertools
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypedDict
@@ -81,6 +81,7 @@ class Trajectory(BaseModel):
     no_target: bool = False
     budget_spent: bool = False
     policy_error: str | None = None
+    stopped: bool = False  # cancelled from outside (the demo's stop button) before it ended
     tool_counts: dict[str, int] = Field(default_factory=dict)
     invalid_actions: int = 0
     final_mask_rle: dict[str, Any]
@@ -341,8 +342,12 @@ class Agent:
 
     async def stream(self, image: np.ndarray, query: str, *, episode_id: str | None = None,
                      ground_truth: np.ndarray | None = None, ignore: np.ndarray | None = None,
-                     thread_id: str | None = None) -> AsyncIterator[TurnEvent | EpisodeResult]:
-        """The episode as it runs: a ``TurnEvent`` per turn, then the ``EpisodeResult``."""
+                     thread_id: str | None = None,
+                     on_stop: Callable[[EpisodeResult], None] | None = None,
+                     ) -> AsyncIterator[TurnEvent | EpisodeResult]:
+        """The episode as it runs: a ``TurnEvent`` per turn, then the ``EpisodeResult``. If the stream is
+        cancelled or closed before it ends, ``on_stop`` gets the episode so far (``trajectory.stopped``),
+        so a stopped episode can still be saved."""
         if not isinstance(query, str) or not query.strip():
             raise ValueError("the query is empty; say what to segment")
         image = as_rgb(np.asarray(image))
@@ -367,18 +372,24 @@ class Agent:
         started = time.perf_counter()
         final = dict(state)
         shown_records = len(state["records"])
+        ended = False
         try:
             async for update in self.graph.astream(state, config=config, stream_mode="values"):
                 final = update
                 for raw in update["records"][shown_records:]:
                     yield self._event(TurnRecord(**raw), update, ws)
                 shown_records = len(update["records"])
+            ended = True
         finally:
             self._running.discard(thread_id)
             ledger = self.policy.end_episode(episode_id)
             if self.checkpointer is None:
                 self._workspaces.pop(thread_id, None)
             self._trim_workspaces()
+            if not ended and on_stop is not None:
+                stopped = self._result(final, ws, ledger, time.perf_counter() - started)
+                stopped.trajectory.stopped = True
+                on_stop(stopped)
         yield self._result(final, ws, ledger, time.perf_counter() - started)
 
     async def _start_state(self, image: np.ndarray, query: str, episode_id: str, thread_id: str,

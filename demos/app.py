@@ -57,7 +57,7 @@ def build_app(backends: Backends, out_dir: Path, work_root: Path | None = None) 
             yield session, screen.chat, screen.status, final, files
 
     def on_stop(state: DemoSession | None):
-        return "Stopped. The next request starts a new conversation."
+        return "Stopped. The turns so far are saved; the next request starts a new conversation."
 
     def on_new(state: DemoSession | None):
         session = session_of(state)

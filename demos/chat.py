@@ -144,10 +144,13 @@ async def respond(session: DemoSession, image_path: str | None, query: str, choi
 
     from agent.episode import EpisodeResult, save_episode
 
+    def save_stopped(result: EpisodeResult) -> None:
+        save_episode(result, out_dir / episode_id)
+
     max_turns = backends.config.max_turns
     try:
-        async with contextlib.aclosing(agent.stream(image, query, episode_id=episode_id,
-                                                    thread_id=thread_id)) as stream:
+        async with contextlib.aclosing(agent.stream(image, query, episode_id=episode_id, thread_id=thread_id,
+                                                    on_stop=save_stopped)) as stream:
             async for item in stream:
                 if isinstance(item, EpisodeResult):
                     # A failed policy may leave its thread mid-turn: do not continue it.

@@ -287,7 +287,11 @@ def test_stop_cancels_the_episode_and_the_next_request_starts_afresh(session: De
     time.sleep(1.5)
     assert server.requests <= stopped_at + 1  # no episode keeps running after the stop
     assert session.interrupted and len(_titles(seen[-1].chat)) < 8
-    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    saved = list((tmp_path / "out").glob("*/trajectory.json"))  # the stopped episode is saved like any other
+    assert len(saved) == 1
+    record = json.loads(saved[0].read_text())
+    assert record["stopped"] and not record["submitted"]
+    assert 1 <= len(record["turns"]) == len(_titles(seen[-1].chat))
     thread = session.thread_id
     session.thread_for(image_fingerprint(np.zeros((2, 2, 3), np.uint8)), choice.key)
     assert session.thread_id != thread
