@@ -4,8 +4,10 @@ Runs here always: ``rl.verl.episode.run_episode`` (the body of ``SegloopAgentLoo
 server manager that speaks verl's protocol (``generate(request_id, *, prompt_ids, sampling_params,
 image_data)`` -> ``TokenOutput(token_ids, log_probs, ...)``), backed by the tiny model, which re-processes
 the images it is sent as a server does; its output is checked against a ``TransformersPolicy`` ledger of the
-same episode. Runs where verl is importable (its own environment, docs/verl.md): the same episode through
-verl's real ``AgentLoopBase``, ``RLHFDataset`` (reading our exported parquet) and ``AgentLoopOutput``.
+same episode; configs/verl read back. Runs where verl is importable (its own environment, docs/verl.md): the
+same episode through verl's real ``AgentLoopBase`` (built from configs/verl/agent_loops.yaml as verl's worker
+builds it), ``RLHFDataset`` (reading our exported parquet), ``TokenOutput`` and ``AgentLoopOutput``; and
+configs/verl/segloop_grpo.yaml composed with verl's own Hydra config and checked by its ``validate_config``.
 """
 
 from __future__ import annotations
@@ -32,13 +34,17 @@ from policies.ledger import GenerateRequest, TokenLedger
 from rl.learnable import ExpertForcing
 from rl.rewards import episode_reward
 from rl.rollout import items
-from rl.verl.episode import LoopSettings, fit_response, parse_row, run_episode
+from rl.verl.episode import AGENT_NAME, LoopSettings, fit_response, parse_row, run_episode
 from rl.verl.export import row_of
 from rl.verl.reward import compute_score
 from tools.segmenters import build_segmenter
 
 SIDE = 112
 HAS_VERL = importlib.util.find_spec("verl") is not None
+VERL_MISSING = ("verl is not installed here (it pins its own transformers and torch: run this file in verl's "
+                "environment, docs/verl.md)")
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs" / "verl"
 
 
 class TokenOutput(BaseModel):
@@ -57,9 +63,11 @@ class TinyServer:
     scored by one forward pass (a model that would write them); else greedy generation with the stop ids and
     token limit the request asks for. Images come as PIL images and are processed here, as vLLM does."""
 
-    def __init__(self, policy: TransformersPolicy, script: list[str] | None = None) -> None:
+    def __init__(self, policy: TransformersPolicy, script: list[str] | None = None,
+                 output: type[BaseModel] = TokenOutput) -> None:
         self.policy = policy
         self.script = script
+        self.output = output  # verl's own TokenOutput where verl is installed
         self.calls: list[dict[str, Any]] = []
 
     def _ledger(self, prompt_ids: list[int], image_data: list[Image.Image] | None) -> TokenLedger:
@@ -82,11 +90,12 @@ class TinyServer:
             text = self.script[min(turn, len(self.script) - 1)]
             ids = self.policy.tokenizer(text, add_special_tokens=False)["input_ids"]
             logprobs = await asyncio.to_thread(self.policy._score, ledger, ids)
-            return TokenOutput(token_ids=ids, log_probs=logprobs if sampling_params.get("logprobs") else None)
+            return self.output(token_ids=ids, log_probs=logprobs if sampling_params.get("logprobs") else None)
         assert set(sampling_params["stop_token_ids"]) == set(self.policy._stops.ids)
         self.policy.max_new_tokens = sampling_params["max_tokens"]
         out = await asyncio.to_thread(self.policy._generate_batch, [GenerateRequest(request_id, ledger, None, turn)])
-        return TokenOutput(token_ids=out[0].ids, log_probs=out[0].logprobs if sampling_params.get("logprobs") else None)
+        return self.output(token_ids=out[0].ids,
+                           log_probs=out[0].logprobs if sampling_params.get("logprobs") else None)
 
 
 class _Expert:
@@ -266,19 +275,85 @@ def test_fallback_reward_uses_the_episode_reward_or_only_the_format() -> None:
     assert compute_score("segloop", "no call at all", "{}", {})["score"] == 0.0
 
 
-@pytest.mark.skipif(not HAS_VERL, reason="verl is not installed here (it pins its own transformers and torch: "
-                    "run this file in verl's environment, docs/verl.md)")
-def test_real_verl_agent_loop_runs_our_episode(tiny: Path, item: Any, texts: list[str], tmp_path: Path) -> None:
+def test_the_shipped_configs_name_our_loop_with_valid_settings() -> None:
+    """configs/verl: the registry entry builds a valid ``LoopSettings``, and the trainer config points at it,
+    at our reward and at turn/view budgets that agree with the entry."""
+    import yaml
+
+    (entry,) = yaml.safe_load((CONFIGS / "agent_loops.yaml").read_text())
+    assert entry["name"] == AGENT_NAME and entry["_target_"] == "rl.verl.loop.SegloopAgentLoop"
+    settings = LoopSettings.model_validate({k: v for k, v in entry.items() if k not in ("name", "_target_")})
+    trainer = yaml.safe_load((CONFIGS / "segloop_grpo.yaml").read_text())
+    rollout = trainer["actor_rollout_ref"]["rollout"]
+    assert rollout["agent"]["default_agent_loop"] == AGENT_NAME
+    assert (REPO / rollout["agent"]["agent_loop_config_path"]).is_file()
+    assert rollout["limit_images"] == settings.max_turns + 1  # the first view and one per turn
+    assert trainer["algorithm"]["adv_estimator"] == "grpo" and rollout["name"] == "vllm" and rollout["n"] > 1
+    reward = trainer["reward"]["custom_reward_function"]
+    assert reward["path"] == "pkg://rl.verl.reward" and reward["name"] == compute_score.__name__
+
+
+def _leaves(node: Any, prefix: str = "") -> list[str]:
+    if not isinstance(node, dict):
+        return [prefix]
+    return [leaf for key, value in node.items() for leaf in _leaves(value, f"{prefix}.{key}" if prefix else key)]
+
+
+@pytest.mark.skipif(not HAS_VERL, reason=VERL_MISSING)
+def test_the_trainer_config_composes_with_verls_own() -> None:
+    """Every key of segloop_grpo.yaml is one of verl's (in its ppo_trainer.yaml, or a field of the dataclass
+    that section becomes), and the composed config passes main_ppo's own ``validate_config``."""
+    import dataclasses
+
+    import yaml
+    from hydra import compose, initialize_config_dir, initialize_config_module
+    from hydra.utils import get_class
     from omegaconf import OmegaConf
-    from verl.experimental.agent_loop.agent_loop import AgentLoopOutput, DictConfigWrap, _agent_loop_registry
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+    from verl.utils.config import omega_conf_to_dataclass, validate_config
+    from verl.workers.config import RolloutConfig
+
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
+        config = compose(config_name="segloop_grpo")
+    with initialize_config_module("verl.trainer.config", version_base=None):
+        base = compose(config_name="ppo_trainer")
+    ours = yaml.safe_load((CONFIGS / "segloop_grpo.yaml").read_text())
+    for path in _leaves({k: v for k, v in ours.items() if k not in ("hydra", "defaults")}):
+        assert OmegaConf.select(config, path) == OmegaConf.select(OmegaConf.create(ours), path), path
+        if OmegaConf.select(base, path, default="<absent>") != "<absent>":
+            continue
+        parent = path.rsplit(".", 1)[0]
+        target = OmegaConf.select(base, f"{parent}._target_")
+        assert target, f"{path} is not a key of verl's ppo_trainer config"
+        assert path.rsplit(".", 1)[1] in {f.name for f in dataclasses.fields(get_class(target))}, path
+    validate_config(config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
+    rollout = omega_conf_to_dataclass(config.actor_rollout_ref.rollout)
+    assert isinstance(rollout, RolloutConfig) and rollout.limit_images == 7 and rollout.n == 8
+    assert omega_conf_to_dataclass(config.algorithm).adv_estimator == "grpo"
+
+
+@pytest.mark.skipif(not HAS_VERL, reason=VERL_MISSING)
+def test_real_verl_agent_loop_runs_our_episode(tiny: Path, item: Any, texts: list[str], tmp_path: Path) -> None:
+    """Our exported parquet through verl's ``RLHFDataset``; the loop built from agent_loops.yaml as
+    ``AgentLoopWorker._run_agent_loop`` builds it; the server answering with verl's ``TokenOutput``."""
+    import hydra
+    from omegaconf import OmegaConf
+    from verl.experimental.agent_loop.agent_loop import (
+        AgentLoopOutput,
+        DictConfigWrap,
+        ToolListWrap,
+        _agent_loop_registry,
+    )
     from verl.utils.dataset.rl_dataset import RLHFDataset
+    from verl.workers.rollout.replica import TokenOutput as VerlTokenOutput
 
     from rl.verl.export import export
     from rl.verl.loop import SegloopAgentLoop
 
-    assert _agent_loop_registry["segloop_agent"]["_target_"] == "rl.verl.loop.SegloopAgentLoop"
+    assert set(VerlTokenOutput.model_fields) == set(TokenOutput.model_fields)  # our stand-in speaks verl's
+    assert _agent_loop_registry[AGENT_NAME]["_target_"] == "rl.verl.loop.SegloopAgentLoop"
     export("synth:easy:256:3:1", tmp_path / "train.parquet", max_side=SIDE, max_turns=4)
-    server = TinyServer(TransformersPolicy(tiny, max_side=SIDE), script=texts)
+    server = TinyServer(TransformersPolicy(tiny, max_side=SIDE), script=texts, output=VerlTokenOutput)
     processor, tokenizer = server.policy.processor, server.policy.tokenizer
     data = OmegaConf.create({"prompt_key": "prompt", "image_key": "images", "return_raw_chat": True,
                              "max_prompt_length": 4096, "filter_overlong_prompts": False,
@@ -286,13 +361,20 @@ def test_real_verl_agent_loop_runs_our_episode(tiny: Path, item: Any, texts: lis
     dataset = RLHFDataset(data_files=[str(tmp_path / "train.parquet")], tokenizer=tokenizer, config=data,
                           processor=processor)
     row = dataset[0]
+    assert row["agent_name"] == AGENT_NAME
     trainer = OmegaConf.create({"actor_rollout_ref": {"rollout": {"prompt_length": 2048, "response_length": 4096},
-                                                      "model": {"path": str(tiny)}}})
-    loop = SegloopAgentLoop(trainer_config=DictConfigWrap(trainer), server_manager=server, tokenizer=tokenizer,
-                            processor=processor, dataset_cls=RLHFDataset, data_config=DictConfigWrap(data),
-                            hf_model_type="qwen2_5_vl", name="segloop_agent", max_turns=4, max_new_tokens=12,
-                            max_side=SIDE)
-    output = asyncio.run(loop.run(dict(SAMPLING), **row))
+                                                      "model": {"path": str(tiny)}}, "data": data})
+    # The shipped entry, with this test's segmenter (no SAM2 weights here) and the tiny model's budgets.
+    (entry,) = OmegaConf.load(CONFIGS / "agent_loops.yaml")
+    entry = OmegaConf.merge(entry, {"segmenter": "grabcut", "segmenter_model": None, "max_turns": 4,
+                                    "max_new_tokens": 12, "max_side": SIDE})
+    loop = hydra.utils.instantiate(config=entry, trainer_config=DictConfigWrap(config=trainer), server_manager=server,
+                                   tokenizer=tokenizer, processor=processor, hf_model_type="qwen2_5_vl",
+                                   dataset_cls=RLHFDataset, data_config=DictConfigWrap(trainer.data),
+                                   tools=ToolListWrap([]))
+    assert isinstance(loop, SegloopAgentLoop) and loop.settings.reward.format_weight == 0.1
+    agent_row = {k: v for k, v in row.items() if k != "agent_name"}  # the worker takes it out
+    output = asyncio.run(loop.run(dict(SAMPLING), **agent_row))
     assert isinstance(output, AgentLoopOutput)
     ledger = _reference(tiny, item, texts).trajectory.ledger
     assert output.prompt_ids + output.response_ids == ledger.ids
@@ -301,3 +383,83 @@ def test_real_verl_agent_loop_runs_our_episode(tiny: Path, item: Any, texts: lis
     assert tensors["rm_scores"][-1] == pytest.approx(output.reward_score)
     assert torch.allclose(tensors["rollout_log_probs"],
                           torch.tensor(ledger.logprobs[ledger.prompt_length:]), atol=1e-4)
+    with pytest.raises(Exception, match=r"segloop_agent settings \(agent_loops.yaml\)(.|\n)*max_turn\b"):
+        # A misspelt setting is refused, not left at its default.
+        hydra.utils.instantiate(config=OmegaConf.merge(entry, {"max_turn": 3}),
+                                trainer_config=DictConfigWrap(config=trainer), server_manager=server,
+                                tokenizer=tokenizer, processor=processor, dataset_cls=RLHFDataset,
+                                data_config=DictConfigWrap(trainer.data))
+
+
+@pytest.mark.skipif(not HAS_VERL, reason=VERL_MISSING)
+def test_verls_worker_turns_our_episodes_into_a_training_batch(tiny: Path, item: Any, texts: list[str],
+                                                               tmp_path: Path) -> None:
+    """verl's real ``AgentLoopWorker`` (all but Ray and vLLM): our trainer config, our registry entry, our
+    parquet through ``RLHFDataset`` and ``DataProto``; its ``generate_sequences`` runs a group of our episodes
+    and pads, re-processes the images and computes the M-RoPE positions as for training. The model's forward
+    pass on that batch gives back the rollout's log-probs: what verl trains on is what was sampled."""
+    import types
+
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+    from transformers import AutoConfig
+    from transformers.models.qwen2_5_vl import Qwen2_5_VLModel
+    from verl.experimental.agent_loop.agent_loop import AgentLoopWorker
+    from verl.protocol import DataProto
+    from verl.utils.dataset.rl_dataset import RLHFDataset, collate_fn
+    from verl.workers.rollout.replica import TokenOutput as VerlTokenOutput
+
+    from rl.verl.export import export
+
+    export("synth:easy:256:3:1", tmp_path / "train.parquet", max_side=SIDE, max_turns=4)
+    (entry,) = OmegaConf.load(CONFIGS / "agent_loops.yaml")
+    OmegaConf.save([OmegaConf.merge(entry, {"segmenter": "grabcut", "segmenter_model": None, "max_turns": 4,
+                                            "max_new_tokens": 12, "max_side": SIDE})], tmp_path / "loops.yaml")
+    prompt_length, response_length, group = 2048, 4096, 2
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
+        config = compose(config_name="segloop_grpo", overrides=[
+            f"actor_rollout_ref.model.path={tiny}", f"data.train_files={tmp_path / 'train.parquet'}",
+            f"actor_rollout_ref.rollout.agent.agent_loop_config_path={tmp_path / 'loops.yaml'}",
+            f"data.max_prompt_length={prompt_length}", f"data.max_response_length={response_length}",
+            f"actor_rollout_ref.rollout.n={group}",
+            # Its length filter needs qwen_vl_utils, which imports torchvision (never installed here).
+            "data.filter_overlong_prompts=false"])
+    server = TinyServer(TransformersPolicy(tiny, max_side=SIDE), script=texts, output=VerlTokenOutput)
+    worker = AgentLoopWorker(config, llm_client=server)
+    # verl's hf_processor gets None here: AutoProcessor needs torchvision for Qwen's video processor. Ours is
+    # the image-only one; bound as hf_processor binds the stock one.
+    processor = server.policy.processor
+    processor.config = AutoConfig.from_pretrained(tiny)
+    processor.get_rope_index = types.MethodType(Qwen2_5_VLModel.get_rope_index, processor)
+    processor.get_vision_position_ids = types.MethodType(Qwen2_5_VLModel.get_vision_position_ids, processor)
+    worker.processor = processor
+    dataset = RLHFDataset(data_files=[str(tmp_path / "train.parquet")], tokenizer=worker.tokenizer,
+                          config=config.data, processor=processor)
+    batch = DataProto.from_single_dict(collate_fn([dataset[0]])).repeat(group, interleave=True)
+    out = asyncio.run(worker.generate_sequences(batch))
+
+    ledger = _reference(tiny, item, texts).trajectory.ledger
+    prompt, response = ledger.ids[:ledger.prompt_length], ledger.ids[ledger.prompt_length:]
+    tensors = out.batch
+    assert tensors["input_ids"].shape == (group, prompt_length + response_length)
+    assert tensors["position_ids"].shape == (group, 4, prompt_length + response_length)  # text + 3 M-RoPE axes
+    model = server.policy.model
+    for k in range(group):
+        assert tensors["prompts"][k][-len(prompt):].tolist() == prompt
+        assert tensors["responses"][k][:len(response)].tolist() == response
+        assert tensors["response_mask"][k].tolist() == ledger.mask[ledger.prompt_length:] + [0] * (
+            response_length - len(response))
+        reward = out.non_tensor_batch["segloop_reward"][k]
+        assert tensors["rm_scores"][k][len(response) - 1] == pytest.approx(reward) and reward > 0
+        inputs = out.non_tensor_batch["multi_modal_inputs"][k]
+        assert inputs["image_grid_thw"].shape[0] == len(ledger.images) == 3
+        keep = tensors["attention_mask"][k].bool()
+        ids = tensors["input_ids"][k][keep][None]
+        with torch.no_grad():
+            logits = model(input_ids=ids, position_ids=tensors["position_ids"][k][:, keep][:, None],
+                           pixel_values=inputs["pixel_values"], image_grid_thw=inputs["image_grid_thw"]).logits
+        logprobs = torch.log_softmax(logits[0, :-1].float(), -1).gather(-1, ids[0, 1:, None])[:, 0]
+        generated = torch.tensor(ledger.mask[ledger.prompt_length:], dtype=torch.bool)
+        assert torch.allclose(logprobs[len(prompt) - 1:][generated],
+                              tensors["rollout_log_probs"][k][:len(response)][generated], atol=1e-4)
+    assert out.non_tensor_batch["__num_turns__"].tolist() == [7] * group

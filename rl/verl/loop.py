@@ -1,13 +1,13 @@
 """``SegloopAgentLoop``: verl's ``AgentLoopBase`` registered as ``segloop_agent``, running our episode.
 
 verl builds one loop object per trajectory (``hydra.utils.instantiate`` of the ``agent_loops.yaml`` entry,
-whose extra keys arrive here as keyword arguments, validated as ``LoopSettings``) inside an
-``AgentLoopWorker`` Ray actor, and awaits ``run(sampling_params, **row)``. The segmenter is built once per
-worker process and shared by its episodes: SAM2's weights load once, and its embedding cache serves
-every episode of a group (they start from the same image).
+whose keys besides ``name`` and ``_target_`` arrive here as keyword arguments, validated as
+``LoopSettings``) inside an ``AgentLoopWorker`` Ray actor, and awaits ``run(sampling_params, **row)``.
+The segmenter is built once per worker process and shared by its episodes: SAM2's weights load once, and
+its embedding cache serves every episode of a group (they start from the same image).
 
-Only the stable part of verl's API is used: ``AgentLoopBase`` (constructor arguments passed through
-untouched, so both ``dataset_config`` (0.8) and ``data_config`` (0.9+) work), ``register``,
+Only the stable part of verl's API is used: ``AgentLoopBase`` (the arguments its signature names passed
+through untouched, so both ``dataset_config`` (0.8) and ``data_config`` (0.9+) work), ``register``,
 ``AgentLoopOutput``, ``AgentLoopMetrics`` and ``server_manager.generate``. Import this module only where
 verl is installed (``agent_loops.yaml`` names it).
 """
@@ -15,8 +15,10 @@ verl is installed (``agent_loops.yaml`` names it).
 from __future__ import annotations
 
 import functools
+import inspect
 from typing import Any
 
+from pydantic import ValidationError
 from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopMetrics, AgentLoopOutput, register
 
 from rl.verl.episode import AGENT_NAME, LoopSettings, run_episode
@@ -31,6 +33,13 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)) or type(value).__name__ == "ListConfig":
         return [_plain(v) for v in value]
     return value
+
+
+@functools.cache
+def _verl_arguments() -> frozenset[str]:
+    """What verl passes a loop besides our settings: ``AgentLoopBase``'s parameters, the registry entry's
+    ``name`` and the worker's ``tools`` (for verl's own tool loop)."""
+    return frozenset(inspect.signature(AgentLoopBase.__init__).parameters) | {"name", "tools"}
 
 
 def _segmenter(settings: LoopSettings) -> Any:
@@ -59,16 +68,15 @@ def _generation_eos(path: str) -> list[int]:
 class SegloopAgentLoop(AgentLoopBase):
     """See the module docstring."""
 
-    def __init__(self, *args: Any, segmenter: str = "grabcut",
-                 segmenter_model: str | None = None, segmenter_device: str = "cpu", max_turns: int = 6,
-                 max_new_tokens: int = 256, frame: str = "pixels", max_side: int | None = None,
-                 reward: Any = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # verl's own arguments go to AgentLoopBase; every other key came from our agent_loops.yaml entry and
+        # must be a LoopSettings field (a misspelt key is an error, not a silently ignored default).
+        ours = {k: kwargs.pop(k) for k in list(kwargs) if k not in _verl_arguments()}
         super().__init__(*args, **kwargs)
-        self.settings = LoopSettings.model_validate(_plain({
-            "segmenter": segmenter, "segmenter_model": segmenter_model, "segmenter_device": segmenter_device,
-            "max_turns": max_turns, "max_new_tokens": max_new_tokens, "frame": frame, "max_side": max_side,
-            **({"reward": reward} if reward is not None else {}),
-        }))
+        try:
+            self.settings = LoopSettings.model_validate(_plain(ours))
+        except ValidationError as exc:
+            raise ValueError(f"{AGENT_NAME} settings (agent_loops.yaml): {exc}") from exc
         if self.processor is None:
             raise ValueError("segloop_agent needs a vision-language model with a processor (a Qwen-VL checkpoint)")
 
