@@ -128,7 +128,7 @@ def train(config: GRPOConfig, resume: bool = False) -> dict[str, Any]:
     from agent.episode import Agent, EpisodeConfig
     from rl.curves import CurveLog, plot_curves
     from rl.rewards import episode_reward
-    from rl.rollout import evaluate, items, peak_memory_mb, run_episodes, tool_rates
+    from rl.rollout import evaluate, first_zoom_hit, items, peak_memory_mb, run_episodes, tool_rates
     from tools.segmenters import build_segmenter
 
     torch.set_num_threads(config.threads)
@@ -165,19 +165,21 @@ def train(config: GRPOConfig, resume: bool = False) -> dict[str, Any]:
     episode_config = EpisodeConfig(max_turns=config.max_turns)
     agent = Agent(policy, segmenter, config=episode_config)
     log = CurveLog(config.out / "grpo_log.csv")
-    columns = ["step", "reward_mean", "reward_std", "iou", "turns", "zoom_rate", "inspect_rate", "kl", "clip_frac",
-               "entropy", "skipped_groups", "loss", "episodes_per_s", "decisions_per_s", "peak_mem_mb", "eval_giou",
-               "eval_ciou", "eval_zoom_rate", "eval_inspect_rate"]
+    columns = ["step", "reward_mean", "reward_std", "iou", "first_zoom_hit", "turns", "zoom_rate", "inspect_rate",
+               "segment_rate", "submit_rate", "valid_rate", "kl", "clip_frac", "entropy", "skipped_groups", "loss",
+               "episodes_per_s", "decisions_per_s", "peak_mem_mb", "eval_giou", "eval_ciou", "eval_zoom_rate",
+               "eval_inspect_rate", "eval_valid_rate", "eval_first_zoom_hit"]
     summary: dict[str, Any] = {}
 
     def evaluate_now(row: dict[str, Any]) -> None:
         policy.train(False)
         result = evaluate(policy, segmenter, eval_items, episode_config, prefix=f"grpo-eval-{row['step']}")
         row.update(eval_giou=round(result["giou"], 4), eval_ciou=round(result["ciou"], 4),
-                   eval_zoom_rate=result["zoom_rate"], eval_inspect_rate=result["inspect_rate"])
+                   eval_zoom_rate=result["zoom_rate"], eval_inspect_rate=result["inspect_rate"],
+                   eval_valid_rate=result["valid_rate"], eval_first_zoom_hit=result["first_zoom_hit"])
         summary["eval"] = result
         print(f"step {row['step']}: held-out gIoU {result['giou']:.3f} cIoU {result['ciou']:.3f} "
-              f"zoom {result['zoom_rate']:.2f}", file=sys.stderr)
+              f"zoom {result['zoom_rate']:.2f} first zoom holds target {result['first_zoom_hit']}", file=sys.stderr)
 
     if eval_items and start_step == 0:
         row = dict.fromkeys(columns)
@@ -222,6 +224,7 @@ def train(config: GRPOConfig, resume: bool = False) -> dict[str, Any]:
         row.update(step=step, reward_mean=round(mean, 4),
                    reward_std=round((sum((r - mean) ** 2 for r in rewards) / len(rewards)) ** 0.5, 4),
                    iou=round(sum(b.iou for b in breakdowns) / len(breakdowns), 4),
+                   first_zoom_hit=first_zoom_hit([r.trajectory for r in results], [item.mask for item, _ in jobs]),
                    skipped_groups=keep.count(False) // config.group_size, loss=loss_value,
                    episodes_per_s=round(len(results) / rollout_s, 2), decisions_per_s=round(decisions / elapsed, 1),
                    peak_mem_mb=round(peak_memory_mb(), 1),
@@ -237,8 +240,8 @@ def train(config: GRPOConfig, resume: bool = False) -> dict[str, Any]:
             torch.save({"optimizer": optimizer.state_dict(), "step": step, "rng": rng.getstate()},
                        checkpoint / "trainer_state.pt")
     policy.save_pretrained(config.out / "final")
-    plot_curves(log.rows(), ["reward_mean", "iou", "eval_giou", "zoom_rate", "inspect_rate", "entropy", "kl",
-                             "clip_frac"], config.out / "grpo_curves.png", "GRPO")
+    plot_curves(log.rows(), ["reward_mean", "iou", "first_zoom_hit", "eval_giou", "zoom_rate", "inspect_rate",
+                             "entropy", "kl", "clip_frac"], config.out / "grpo_curves.png", "GRPO")
     (config.out / "grpo_summary.json").write_text(json.dumps(summary, indent=1, default=str))
     return summary
 

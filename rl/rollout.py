@@ -103,12 +103,17 @@ async def run_episodes(agent: Any, jobs: Sequence[tuple[Item, str]], concurrency
 
 
 def tool_rates(trajectories: Sequence[Any]) -> dict[str, float]:
-    """Share of episodes that used zoom_in / inspect_mask, and mean turns."""
+    """Share of episodes that used zoom_in / inspect_mask / segment and that submitted, mean turns, and
+    the share of turns whose action was valid (the grammar a language-model policy must learn)."""
     n = max(len(trajectories), 1)
+    turns = sum(len(t.turns) for t in trajectories)
     return {
         "zoom_rate": sum(t.tool_counts.get("zoom_in", 0) > 0 for t in trajectories) / n,
         "inspect_rate": sum(t.tool_counts.get("inspect_mask", 0) > 0 for t in trajectories) / n,
-        "turns": sum(len(t.turns) for t in trajectories) / n,
+        "segment_rate": sum(t.tool_counts.get("segment", 0) > 0 for t in trajectories) / n,
+        "submit_rate": sum(t.submitted for t in trajectories) / n,
+        "valid_rate": 1 - sum(t.invalid_actions for t in trajectories) / turns if turns else 0.0,
+        "turns": turns / n,
     }
 
 
@@ -130,7 +135,25 @@ def evaluate(policy: Any, segmenter: Any, items: Sequence[Item], episode_config:
     metrics = Metrics()
     for item, result in zip(items, results, strict=True):
         metrics.add(score_sample(item.sample.id, result.mask, item.mask, item.ignore, kind=item.sample.kind))
-    return {**metrics.summary(), **tool_rates([r.trajectory for r in results])}
+    return {**metrics.summary(), **tool_rates([r.trajectory for r in results]),
+            "first_zoom_hit": first_zoom_hit([r.trajectory for r in results], [item.mask for item in items])}
+
+
+def first_zoom_hit(trajectories: Sequence[Any], masks: Sequence[np.ndarray]) -> float | None:
+    """Among episodes with a target that zoomed in, the share whose first zoomed view holds the whole
+    target: how well a policy localises from the full view, where most of its failures start."""
+    from tools.masks import box_of
+
+    hits, zoomed = 0, 0
+    for trajectory, mask in zip(trajectories, masks, strict=True):
+        target = box_of(mask)
+        first = trajectory.turns[0].view_box if trajectory.turns else None
+        view = next((t.view_box for t in trajectory.turns if t.view_box != first), None)
+        if target is None or view is None:
+            continue
+        zoomed += 1
+        hits += view[0] <= target[0] and view[1] <= target[1] and view[2] >= target[2] and view[3] >= target[3]
+    return hits / zoomed if zoomed else None
 
 
 def peak_memory_mb() -> float:

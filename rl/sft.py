@@ -193,6 +193,8 @@ def train(config: SFTConfig) -> dict[str, Any]:
     def evaluate_now(step: int, loss: float | None, rate: float | None = None) -> None:
         row: dict[str, Any] = {"step": step, "loss": loss, "lr": schedule.get_last_lr()[0], "eval_giou": None,
                                "eval_ciou": None, "eval_zoom_rate": None, "eval_turns": None,
+                               "eval_valid_rate": None, "eval_segment_rate": None, "eval_inspect_rate": None,
+                               "eval_submit_rate": None, "eval_first_zoom_hit": None,
                                "decisions_per_s": None if rate is None else round(rate, 1),
                                "peak_mem_mb": round(peak_memory_mb(), 1)}
         if eval_items:
@@ -200,9 +202,13 @@ def train(config: SFTConfig) -> dict[str, Any]:
             result = evaluate(student, segmenter, eval_items, episode_config, prefix=f"sft-eval-{step}")
             student.train(True)
             row.update(eval_giou=round(result["giou"], 4), eval_ciou=round(result["ciou"], 4),
-                       eval_zoom_rate=result["zoom_rate"], eval_turns=result["turns"])
+                       eval_zoom_rate=result["zoom_rate"], eval_turns=result["turns"],
+                       eval_valid_rate=result["valid_rate"], eval_segment_rate=result["segment_rate"],
+                       eval_inspect_rate=result["inspect_rate"], eval_submit_rate=result["submit_rate"],
+                       eval_first_zoom_hit=result["first_zoom_hit"])
             summary["eval"] = result
-            print(f"step {step}: held-out gIoU {result['giou']:.3f} cIoU {result['ciou']:.3f}", file=sys.stderr)
+            print(f"step {step}: held-out gIoU {result['giou']:.3f} cIoU {result['ciou']:.3f} "
+                  f"first zoom holds target {result['first_zoom_hit']}", file=sys.stderr)
         log.write(row)
 
     evaluate_now(0, None)
@@ -228,8 +234,8 @@ def train(config: SFTConfig) -> dict[str, Any]:
         elif step % 10 == 0:
             log.write({"step": step, "loss": round(loss.item(), 5), "lr": schedule.get_last_lr()[0]})
     student.save_pretrained(config.out / "final")
-    plot_curves(log.rows(), ["loss", "eval_giou", "eval_ciou", "eval_zoom_rate"], config.out / "sft_curves.png",
-                "SFT")
+    plot_curves(log.rows(), ["loss", "eval_valid_rate", "eval_giou", "eval_ciou", "eval_zoom_rate"],
+                config.out / "sft_curves.png", "SFT")
     (config.out / "sft_summary.json").write_text(json.dumps(summary, indent=1, default=str))
     return summary
 

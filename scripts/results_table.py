@@ -69,12 +69,14 @@ def table(results: dict[str, dict[str, Any]]) -> str:
     sizes = [s for s in SIZES if any(s in r["by_size"] for r in results.values())]
     first = next(iter(results.values()))
     counts = " / ".join(f"{s} {first['by_size'][s]['n']}" for s in sizes if s in first["by_size"])
-    head = "| policy | gIoU | cIoU | " + " | ".join(f"gIoU {s}" for s in sizes) + " | zoom | inspect | turns |"
+    head = ("| policy | gIoU | cIoU | " + " | ".join(f"gIoU {s}" for s in sizes)
+            + " | zoom | first zoom holds target | inspect | turns |")
     lines = [f"n = {first['n']} scenes ({counts})", "", head, "|" + "---|" * (head.count("|") - 1)]
     for name, r in results.items():
         by_size = [f"{r['by_size'][s]['giou']:.3f}" if s in r["by_size"] else "-" for s in sizes]
+        hit = "-" if r["first_zoom_hit"] is None else f"{r['first_zoom_hit']:.2f}"
         lines.append(f"| {name} | {r['giou']:.3f} | {r['ciou']:.3f} | " + " | ".join(by_size)
-                     + f" | {r['zoom_rate']:.2f} | {r['inspect_rate']:.2f} | {r['turns']:.2f} |")
+                     + f" | {r['zoom_rate']:.2f} | {hit} | {r['inspect_rate']:.2f} | {r['turns']:.2f} |")
     return "\n".join(lines)
 
 

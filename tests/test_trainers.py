@@ -121,6 +121,32 @@ def test_synth_items_are_the_scenes_segloop_synth_writes(tmp_path) -> None:
             items(bad)
 
 
+def test_first_zoom_hit_checks_the_first_zoomed_view_holds_the_target_and_tool_rates_count_the_grammar() -> None:
+    from agent.episode import Agent, EpisodeConfig
+    from policies.scripted import OraclePolicy
+    from rl.rollout import first_zoom_hit, items, run_episodes, tool_rates
+    from tools.segmenters import build_segmenter
+
+    scenes = [items("synth:easy:768:1000:6")[i] for i in range(6)]
+    agent = Agent(OraclePolicy(max_side=448), build_segmenter("grabcut"), config=EpisodeConfig(max_turns=8))
+    results = asyncio.run(run_episodes(agent, [(s, f"z{i}") for i, s in enumerate(scenes)]))
+    trajectories = [r.trajectory for r in results]
+    zoomed = [t for t in trajectories if t.tool_counts.get("zoom_in", 0)]
+    assert zoomed, "the oracle zooms on some of these scenes"
+    # The oracle zooms onto the target, so every first zoom holds it.
+    assert first_zoom_hit(trajectories, [s.mask for s in scenes]) == 1.0
+    # The same zooms judged against a target in a corner: a hit only where the zoomed view reaches that corner.
+    corner = np.zeros((768, 768), dtype=bool)
+    corner[760:, 760:] = True
+    first_views = [next(turn.view_box for turn in t.turns if turn.view_box != t.turns[0].view_box) for t in zoomed]
+    holds_corner = [v[2] >= 768 and v[3] >= 768 for v in first_views]
+    assert first_zoom_hit(trajectories, [corner] * 6) == pytest.approx(np.mean(holds_corner))
+    assert first_zoom_hit(trajectories, [np.zeros_like(corner)] * 6) is None
+    rates = tool_rates(trajectories)
+    assert rates["valid_rate"] == 1.0 and rates["submit_rate"] == 1.0 and rates["segment_rate"] == 1.0
+    assert rates["zoom_rate"] == pytest.approx(len(zoomed) / 6)
+
+
 @pytest.mark.slow
 def test_sft_from_a_refreshed_pool_then_grpo_and_resume_through_the_cli(tmp_path) -> None:
     from agent.cli import main as cli_main
