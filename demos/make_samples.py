@@ -16,8 +16,9 @@ from tools.images import save_image
 
 SAMPLES_DIR = Path(__file__).parent / "samples"
 INDEX = SAMPLES_DIR / "samples.json"
-# (seed, side, difficulty): chosen by hand for a spread of query kinds and target sizes.
-CHOSEN: tuple[tuple[int, int, str], ...] = ((1, 384, "easy"), (0, 384, "easy"), (5, 384, "easy"), (11, 448, "medium"))
+# (seed, side, difficulty): chosen by hand for a spread of query kinds and target sizes; the first is the
+# README's example and the screenshot's request.
+CHOSEN: tuple[tuple[int, int, str], ...] = ((5, 384, "easy"), (1, 384, "easy"), (0, 384, "easy"), (11, 448, "medium"))
 
 
 def load_samples() -> list[tuple[Path, str]]:
