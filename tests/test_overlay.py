@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
 from tools.overlay import BOX_RGB, NEGATIVE_RGB, POSITIVE_RGB, mask_stats, render_overlay
-from tools.views import PixelBox, View, ViewStack, full_view, render_view
+from tools.views import PixelBox, View, full_view, render_view
 
 
 def _scene(width: int = 400, height: int = 300) -> tuple[np.ndarray, np.ndarray]:
@@ -88,21 +86,6 @@ def test_stats_empty_and_out_of_view() -> None:
     assert "outside this view" in stats.describe()
     with pytest.raises(ValueError, match="image-sized"):
         mask_stats(mask, full_view(400, 300), (300, 400))
-
-
-def test_overlay_and_stats_are_cheap_on_a_large_image() -> None:
-    size = 2048
-    image = np.random.default_rng(0).integers(0, 255, (size, size, 3), dtype=np.uint8)
-    mask = np.zeros((size, size), bool)
-    mask[900:1100, 900:1100] = True
-    stack = ViewStack(size, size, max_side=448)
-    stack.zoom_in([180, 180, 260, 260])
-    start = time.perf_counter()
-    for _ in range(5):
-        render_overlay(image, stack.current, mask, box=(900, 900, 1100, 1100), points=[(1000, 1000)], labels=[1])
-        mask_stats(mask, stack.current, (size, size))
-    # Measured ~10 ms per turn here; the bound leaves room for a loaded 2-core CI machine.
-    assert (time.perf_counter() - start) / 5 < 0.25
 
 
 def test_tint_matches_the_alpha_blend_and_a_given_base_is_reused_untouched() -> None:
