@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from agent.sample import Sample
-from tools.masks import Metrics, score_sample
+from tools.masks import Metrics, box_of, score_sample
 
 
 @dataclass
@@ -142,8 +142,6 @@ def evaluate(policy: Any, segmenter: Any, items: Sequence[Item], episode_config:
 def first_zoom_hit(trajectories: Sequence[Any], masks: Sequence[np.ndarray]) -> float | None:
     """Among episodes with a target that zoomed in, the share whose first zoomed view holds the whole
     target: how well a policy localises from the full view, where most of its failures start."""
-    from tools.masks import box_of
-
     hits, zoomed = 0, 0
     for trajectory, mask in zip(trajectories, masks, strict=True):
         target = box_of(mask)
