@@ -29,33 +29,15 @@ from pathlib import Path
 
 import numpy as np
 
+from segloop.agent.actions import Segment, Submit, format_call
+from segloop.agent.batch import run_batch
+from segloop.agent.episode import Agent, EpisodeConfig
+from segloop.agent.sample import Sample
+from segloop.policies.openai_compat import OpenAIPolicy
+from segloop.tools.images import save_image
+from segloop.tools.segmenters.box import BoxSegmenter
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-
-
-from agent.actions import Segment, Submit, format_call  # noqa: E402
-from agent.batch import run_batch  # noqa: E402
-from agent.episode import Agent, EpisodeConfig  # noqa: E402
-from agent.sample import Sample  # noqa: E402
-from policies.openai_compat import OpenAIPolicy  # noqa: E402
-from tools.images import save_image  # noqa: E402
-from tools.segmenters.base import Prompt, Segmenter  # noqa: E402
-
-
-class BoxSegmenter(Segmenter):
-    """The prompted box as the mask: a segmenter that costs nothing, so only the agent's overhead shows."""
-
-    name = "box"
-
-    def _encode(self, crop: np.ndarray) -> None:
-        return None
-
-    def _predict(self, embedding: None, crop: np.ndarray, prompt: Prompt) -> np.ndarray:
-        mask = np.zeros(crop.shape[:2], dtype=bool)
-        if prompt.box is not None:
-            x1, y1, x2, y2 = (max(0, round(v)) for v in prompt.box)
-            mask[y1:y2, x1:x2] = True
-        return mask
 
 
 def _samples(folder: Path, n: int) -> list[Sample]:
@@ -103,7 +85,7 @@ def main() -> int:
     if min(args.episodes, args.serial_episodes, args.repeats) < 1 or args.latency < 0:
         parser.error("episode counts and repeats must be at least 1, the latency at least 0")
     script = json.dumps([format_call(Segment(bbox_2d=[40, 40, 200, 160])), format_call(Submit())])
-    server = subprocess.Popen([sys.executable, str(ROOT / "tests" / "openai_server.py"), "--script", script,
+    server = subprocess.Popen([sys.executable, str(ROOT / "tests" / "support" / "openai_server.py"), "--script", script,
                                "--latency", str(args.latency)], stdout=subprocess.PIPE, text=True)
     rows = []
     load_before = os.getloadavg()

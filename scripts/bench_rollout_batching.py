@@ -19,9 +19,6 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -36,11 +33,11 @@ def main() -> int:
 
     import torch
 
-    from agent.episode import Agent, EpisodeConfig
-    from policies.hf import TransformersPolicy
-    from policies.tiny import make_tiny
-    from rl.rollout import items
-    from tools.segmenters import build_segmenter
+    from segloop.agent.episode import Agent, EpisodeConfig
+    from segloop.policies.hf import TransformersPolicy
+    from segloop.policies.tiny import make_tiny
+    from segloop.rl.rollout import items
+    from segloop.tools.segmenters import build_segmenter
 
     torch.set_num_threads(args.threads)
     model = args.model or str(make_tiny(Path(tempfile.mkdtemp(prefix="segloop-bench-")) / "tiny"))
@@ -53,13 +50,13 @@ def main() -> int:
     # Seconds inside generate per mode: what batching can shorten (the rest is the graph and the tools).
     generating = dict.fromkeys(policies, 0.0)
     for mode, policy in policies.items():
-        def timed(requests: list, mode: str = mode, generate=policy._generate_batch) -> list:
+        def timed(requests: list, mode: str = mode, generate=policy.batcher.run) -> list:
             started = time.perf_counter()
             try:
                 return generate(requests)
             finally:
                 generating[mode] += time.perf_counter() - started
-        policy._generate_batch = timed
+        policy.batcher.run = timed
 
     async def group(policy: TransformersPolicy, repeat: int) -> tuple[float, int]:
         agent = Agent(policy, segmenter, EpisodeConfig(max_turns=args.max_turns))
@@ -89,7 +86,7 @@ def main() -> int:
         median = statistics.median(times[mode])
         rate = statistics.median(n / t for n, t in zip(tokens[mode], times[mode], strict=True))
         rates[mode] = args.group / median
-        calls = sum(policy.batch_sizes.values())
+        calls = sum(policy.batcher.batch_sizes.values())
         print(f"{mode:<14} {median:>8.2f} {statistics.median(generate_s[mode]):>10.2f} {args.group / median:>11.2f} "
               f"{rate:>9.1f} {calls:>9}")
     print(f"speed-up (batched / one at a time): {rates['batched'] / rates['one at a time']:.2f}x; in generate "

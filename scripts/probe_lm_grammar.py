@@ -19,17 +19,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 from collections import defaultdict
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from agent.actions import parse_turn  # noqa: E402
-from agent.policy import PolicyContext, PolicyTurn  # noqa: E402
-from policies.ledger import GenerateRequest  # noqa: E402
+from segloop.agent.actions import parse_turn
+from segloop.agent.policy import PolicyContext, PolicyTurn
 
 
 class GrammarProbe:
@@ -42,19 +36,15 @@ class GrammarProbe:
 
     async def act(self, context: PolicyContext) -> PolicyTurn:
         expert_turn = await self.expert.act(context)
-        episode = self.student._sync(context)
-        # Generation reads the ledger and leaves it as it was; only _record below extends it.
-        own = await self.student._generate_turn(
-            GenerateRequest(context.episode_id, episode.ledger, context.rng_seed, context.turn))
-        mine = parse_turn(self.student.tokenizer.decode(own.ids, skip_special_tokens=True))
+        # propose generates without recording; imitate below records the expert's turn.
+        mine = parse_turn(await self.student.propose(context))
         theirs = parse_turn(expert_turn.text)
         box = getattr(mine.action, "bbox_2d", None)
         self.turns.append({"turn": context.turn, "wellformed": mine.error is None,
                            "box_ok": mine.error is None and (box is None or (box[0] < box[2] and box[1] < box[3])),
                            "same_tool": mine.error is None and mine.action.name == theirs.action.name,
                            "expert_tool": theirs.action.name})
-        ids = self.student.tokenizer(expert_turn.text, add_special_tokens=False)["input_ids"]
-        return self.student._record(episode, ids, [0.0] * len(ids))
+        return await self.student.imitate(context, expert_turn.text)
 
     def end_episode(self, episode_id: str) -> Any:
         self.expert.end_episode(episode_id)
@@ -70,11 +60,11 @@ def main() -> int:
 
     import torch
 
-    from agent.episode import Agent, EpisodeConfig
-    from policies.scripted import OraclePolicy
-    from rl.learnable import load_learnable
-    from rl.rollout import items, run_episodes
-    from tools.segmenters import build_segmenter
+    from segloop.agent.episode import Agent, EpisodeConfig
+    from segloop.policies.learnable import load_learnable
+    from segloop.policies.scripted import OraclePolicy
+    from segloop.rl.rollout import items, run_episodes
+    from segloop.tools.segmenters import build_segmenter
 
     torch.set_num_threads(1)
     student = load_learnable(args.model)

@@ -27,12 +27,12 @@ SIZES = ("L", "M", "S", "XS", "XXS")
 def evaluate_all(data: str, n: int, sft: Path, grpo: Path, max_turns: int) -> dict[str, dict[str, Any]]:
     import torch
 
-    from agent.episode import EpisodeConfig
-    from agent.synth import VOCABULARY
-    from policies import build_policy
-    from policies.compact import CompactPolicy
-    from rl.rollout import evaluate, items
-    from tools.segmenters import build_segmenter
+    from segloop.agent.episode import EpisodeConfig
+    from segloop.agent.synth import VOCABULARY
+    from segloop.policies import AgentSpec, build_agent, build_policy
+    from segloop.policies.compact import CompactPolicy
+    from segloop.rl.rollout import evaluate, items
+    from segloop.tools.segmenters import build_segmenter
 
     torch.set_num_threads(1)
     held_out = items(data)
@@ -47,10 +47,11 @@ def evaluate_all(data: str, n: int, sft: Path, grpo: Path, max_turns: int) -> di
         "single-shot": build_policy("single-shot", max_side=trained.max_side),
     }
     segmenter = build_segmenter("grabcut")
-    config = EpisodeConfig(max_turns=max_turns)
+    spec = AgentSpec(episode=EpisodeConfig(max_turns=max_turns))
     results = {}
     for name, policy in policies.items():
-        results[name] = evaluate(policy, segmenter, chosen, config, prefix=name.replace(" ", ""))
+        agent = build_agent(spec, policy=policy, segmenter=segmenter)
+        results[name] = evaluate(agent, chosen, prefix=name.replace(" ", ""))
         print(f"{name}: gIoU {results[name]['giou']:.3f}", file=sys.stderr)
     return results
 
@@ -85,7 +86,7 @@ def main() -> int:
     parser.add_argument("--data", default="synth:easy:768:2000:200", help="held-out scenes (a --data spec)")
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--sft", type=Path, default=ROOT / "runs/default_agent/sft/final")
-    parser.add_argument("--grpo", type=Path, default=ROOT / "policies/compact/checkpoint")
+    parser.add_argument("--grpo", type=Path, default=ROOT / "src/segloop/policies/compact/checkpoint")
     parser.add_argument("--max-turns", type=int, default=8)
     parser.add_argument("--json", type=Path, help="also write the full results here")
     args = parser.parse_args()

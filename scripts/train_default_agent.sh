@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces the shipped compact agent (policies/compact/checkpoint/): SFT from the oracle on synthetic
+# Reproduces the shipped compact agent (src/segloop/policies/compact/checkpoint/): SFT from the oracle on synthetic
 # scenes generated on the fly, then GRPO on the IoU of the submitted mask, GrabCut as the segmenter.
 # World: difficulty "easy", 768 px scenes, no "no such object" queries. Training scenes: seed 1 (SFT)
 # and seed 2 (GRPO); held-out curves: seed 1000; results table: seed 2000. One thread: the cores are shared.
@@ -19,10 +19,10 @@ $SEGLOOP train grpo --model "$OUT/sft/final" --data "synth:${WORLD}:2:1000000" -
     --eval-n 100 --out "$OUT/grpo" --steps 60 --prompts-per-step 8 --group-size 8 --lr 3e-4 \
     --eval-every 20 --save-every 20 --seed 0 --threads 1
 
-rm -rf policies/compact/checkpoint
-mkdir -p policies/compact/checkpoint
-cp "$OUT/grpo/final/config.json" "$OUT/grpo/final/model.safetensors" policies/compact/checkpoint/
-du -sh policies/compact/checkpoint
+rm -rf src/segloop/policies/compact/checkpoint
+mkdir -p src/segloop/policies/compact/checkpoint
+cp "$OUT/grpo/final/config.json" "$OUT/grpo/final/model.safetensors" src/segloop/policies/compact/checkpoint/
+du -sh src/segloop/policies/compact/checkpoint
 
 # The README's results table (200 held-out scenes, seed 2000) and GRPO - SFT with its bootstrap interval:
-.venv/bin/python scripts/results_table.py --sft "$OUT/sft/final" --grpo policies/compact/checkpoint
+.venv/bin/python scripts/results_table.py --sft "$OUT/sft/final" --grpo src/segloop/policies/compact/checkpoint

@@ -3,7 +3,7 @@
 # (`segloop make-tiny`), SFT on the oracle's trajectories (zoom_in, segment, inspect_mask, submit), then a
 # short GRPO run on the IoU of the submitted mask, through the same graph, tools and transformers policy a
 # hub checkpoint uses. What it can learn here is the multi-turn tool grammar, not where the target is
-# (docs: tiny-vlm-learnability), so the held-out gIoU is expected to stay near 0.
+# (docs/notes/tiny-vlm-learnability.md), so the held-out gIoU is expected to stay near 0.
 # World: difficulty "easy", 256 px scenes. Training scenes: seed 1 (SFT), seed 2 (GRPO); held-out: seed 1000.
 # One or two threads: the cores are shared. Curves: OUT/{sft,sft2,sft3,sft4,grpo}/*_curves.png (CSV beside them).
 set -euo pipefail

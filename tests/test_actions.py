@@ -8,7 +8,7 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.actions import (
+from segloop.agent.actions import (
     TOOL_NAMES,
     InspectMask,
     Segment,

@@ -14,8 +14,8 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.batch import BatchError, read_finished
-from agent.cli import main as cli
+from segloop.agent.batch import BatchError, read_finished
+from segloop.cli import main as cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,8 +65,8 @@ def test_batch_scores_saves_and_reports(tmp_path, capsys):
     assert metrics["n"] == 5 and metrics["giou"] > 0.8 and set(metrics["failed_samples"]) == {"bad"}
     assert metrics["by_kind"]["no_target"]["giou"] == 1.0
     assert set(metrics["per_sample"]) == {"s/0", "s/1", "s/2", "s/3", "s/4"}
-    assert metrics["mean_turns"] >= 1 and metrics["tool_calls"]["submit"] == 5
-    assert metrics["invalid_action_rate"] == 0 and metrics["episodes_per_s"] > 0
+    assert metrics["turns"] >= 1 and metrics["tool_calls"]["submit"] == 5
+    assert metrics["valid_rate"] == 1 and metrics["episodes_per_s"] > 0
     report = (out / "report.html").read_text()
     links = [part.split("'")[0] for part in report.split("src='")[1:]]
     assert links and all((out / link).is_file() for link in links)
@@ -107,10 +107,14 @@ def test_a_broken_line_before_the_end_is_refused(tmp_path, capsys):
 
 def test_bad_options_are_one_line_errors(tmp_path, capsys):
     manifest = write_dataset(tmp_path / "data", 1, broken=False)
-    for extra in (["--concurrency", "0"], ["--limit", "0"], ["--policy", "nope"]):
+    for extra in (["--concurrency", "0"], ["--limit", "0"], ["--max-turns", "0"]):
         assert batch(manifest, tmp_path / "o", *extra) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("segloop batch:") and "\n" not in err
+    # An unknown policy is refused by the parser, which lists the policies this command accepts.
+    with pytest.raises(SystemExit) as exited:
+        batch(manifest, tmp_path / "o", "--policy", "nope")
+    assert exited.value.code == 2 and "invalid choice: 'nope' (choose from 'compact', " in capsys.readouterr().err
     assert cli(["batch", "--data", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "o")]) == 2
 
 
@@ -118,7 +122,7 @@ def test_bad_options_are_one_line_errors(tmp_path, capsys):
 def test_sigkill_mid_run_then_resume_to_completion(tmp_path):
     manifest = write_dataset(tmp_path / "data", 40, broken=False)
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "agent.cli", "batch", "--data", str(manifest), "--policy", "oracle",
+    command = [sys.executable, "-m", "segloop", "batch", "--data", str(manifest), "--policy", "oracle",
                "--out", str(out), "--quiet", "--max-side", "224", "--concurrency", "2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -139,7 +143,7 @@ def test_sigkill_mid_run_then_resume_to_completion(tmp_path):
 
 
 def test_episode_folders_are_safe_and_distinct():
-    from agent.batch import episode_folder
+    from segloop.agent.episode import episode_folder
 
     assert episode_folder("plain_id-1.x") == "plain_id-1.x"
     names = {episode_folder(x) for x in ("a/b", "a_b", "a b", "../a/b")}

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from agent.actions import Segment, ZoomIn, format_call, parse_turn
-from agent.policy import ChatMessage, PolicyContext
-from policies.compact import PARTS, TOOLS, CompactPolicy
-from policies.compact.network import STATE_SIZE
-from rl.learnable import LearnablePolicy, load_learnable
-from tools.views import check_box, check_point, full_view, zoom_in
+from segloop.agent.actions import Segment, ZoomIn, format_call, parse_turn
+from segloop.agent.policy import ChatMessage, PolicyContext
+from segloop.policies.compact import PARTS, TOOLS, CompactPolicy
+from segloop.policies.compact.network import STATE_SIZE
+from segloop.policies.learnable import LearnablePolicy, load_learnable
+from segloop.tools.views import check_box, check_point, full_view, zoom_in
 
 QUERIES = ["the red circle left of the blue square", "the small green triangle"]
 
@@ -86,7 +86,8 @@ def test_imitate_records_the_expert_box_as_centre_cell_and_size_bins(policy: Com
     text = format_call(Segment(bbox_2d=[14, 21, 42, 63], points_2d=[[28, 40]]))
     turn = asyncio.run(policy.imitate(context, text))
     assert turn.text == text
-    parts = dict(zip(PARTS, turn.decision.parts.tolist(), strict=True))
+    (record,) = policy.end_episode("x")
+    parts = dict(zip(PARTS, record.parts.tolist(), strict=True))
     grid, cell_w, cell_h = 16, 112 / 16, 84 / 16          # view is 112 x 84
     assert parts["tool"] == TOOLS.index("segment")
     assert parts["centre"] == int(42 / cell_h) * grid + int(28 / cell_w)
@@ -101,8 +102,9 @@ def test_imitate_records_the_expert_box_as_centre_cell_and_size_bins(policy: Com
 def test_a_recorded_box_is_written_back_around_the_same_centre_and_size(policy: CompactPolicy) -> None:
     view = full_view(640, 480, 112)
     for box in ([14, 21, 42, 63], [0, 0, 112, 84], [100, 70, 104, 80]):
-        turn = asyncio.run(policy.imitate(_context(f"r{box[0]}", view=view), format_call(ZoomIn(bbox_2d=box))))
-        written = parse_turn(policy._text(turn.decision.parts, view)).action
+        asyncio.run(policy.imitate(_context(f"r{box[0]}", view=view), format_call(ZoomIn(bbox_2d=box))))
+        (record,) = policy.end_episode(f"r{box[0]}")
+        written = parse_turn(policy.call_text(record.parts, view)).action
         assert check_box(written.bbox_2d, view) == tuple(written.bbox_2d)
         centre = ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
         got = ((written.bbox_2d[0] + written.bbox_2d[2]) / 2, (written.bbox_2d[1] + written.bbox_2d[3]) / 2)
@@ -120,7 +122,7 @@ def test_save_and_load_give_identical_outputs(policy: CompactPolicy, tmp_path) -
         a = asyncio.run(policy.act(_context(f"a{i}", seed=i)))
         b = asyncio.run(loaded.act(_context(f"b{i}", seed=i)))
         assert a.text == b.text
-        assert torch.equal(a.decision.log_probs, b.decision.log_probs)
+        assert torch.equal(policy.end_episode(f"a{i}")[0].log_probs, loaded.end_episode(f"b{i}")[0].log_probs)
     assert CompactPolicy.from_pretrained(tmp_path / "m").greedy  # a loaded policy acts on its best guess
     with pytest.raises(FileNotFoundError, match="missing"):
         CompactPolicy.from_pretrained(tmp_path)
@@ -129,7 +131,7 @@ def test_save_and_load_give_identical_outputs(policy: CompactPolicy, tmp_path) -
 
 
 def test_symmetries_move_the_image_the_decision_and_the_directional_words_together() -> None:
-    from policies.compact import symmetry
+    from segloop.policies.compact import symmetry
 
     vocabulary = ["<pad>", "<unk>", "the", "red", "circle", "left", "of", "right", "above", "below", "leftmost",
                   "topmost", "rightmost", "bottommost"]
@@ -172,12 +174,12 @@ def test_imitated_turns_are_scored_under_symmetries_only_while_training(policy: 
 
 
 def test_the_shipped_checkpoint_is_small_and_finds_targets_on_held_out_scenes() -> None:
-    from agent.episode import Agent, EpisodeConfig
-    from policies import build_policy
-    from policies.compact import DEFAULT_CHECKPOINT
-    from rl.rollout import items
-    from tools.masks import iou
-    from tools.segmenters import build_segmenter
+    from segloop.agent.episode import Agent, EpisodeConfig
+    from segloop.policies import build_policy
+    from segloop.policies.compact import DEFAULT_CHECKPOINT
+    from segloop.rl.rollout import items
+    from segloop.tools.masks import iou
+    from segloop.tools.segmenters import build_segmenter
 
     assert sum(f.stat().st_size for f in DEFAULT_CHECKPOINT.iterdir()) < 5 * 2**20
     policy = build_policy("compact")  # no model given: the shipped checkpoint

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from agent.datasets import (
+from segloop.agent.datasets import (
     COD_QUERY,
     DatasetError,
     load_samples,
@@ -19,9 +19,9 @@ from agent.datasets import (
     read_refcoco,
     write_manifest,
 )
-from agent.sample import Sample
-from tools.images import save_mask
-from tools.masks import rle_encode
+from segloop.agent.sample import Sample
+from segloop.tools.images import save_mask
+from segloop.tools.masks import rle_encode
 
 REALDATA = Path("/work/shared/realdata/manifest.jsonl")
 

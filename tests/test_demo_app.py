@@ -19,12 +19,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from demos.app import add_arguments, build_app, main
-from demos.backends import BackendChoice, Backends, DemoConfig
-from demos.chat import Screen, respond, turn_title
-from demos.make_samples import load_samples
-from demos.session import DemoSession, image_fingerprint
-from tools.images import save_image
+from segloop.agent.episode import EpisodeConfig
+from segloop.cli.demo import add_arguments, main
+from segloop.demos.app import build_app
+from segloop.demos.backends import BackendChoice, Backends
+from segloop.demos.bundled import bundled_samples
+from segloop.demos.chat import Screen, respond, turn_title
+from segloop.demos.session import DemoSession, image_fingerprint
+from segloop.policies import AgentSpec
+from segloop.tools.images import save_image
 
 
 def _run(session: DemoSession, image: str | None, query: str, choice: BackendChoice, backends: Backends,
@@ -98,7 +101,7 @@ def test_backend_choice_says_what_is_missing() -> None:
 
 def test_missing_image_or_request_gives_a_clear_status(session: DemoSession, sample_image: str,
                                                        tmp_path: Path) -> None:
-    backends = Backends(DemoConfig())
+    backends = Backends(AgentSpec())
     (screen,) = _run(session, None, "the red square", BackendChoice(), backends, tmp_path)
     assert "Upload an image" in screen.status
     (screen,) = _run(session, sample_image, "   ", BackendChoice(), backends, tmp_path)
@@ -114,7 +117,7 @@ def test_a_bad_image_gives_a_clear_status(session: DemoSession, tmp_path: Path, 
                                           reason: str) -> None:
     bad = tmp_path / "broken.png"
     bad.write_bytes(content)
-    (screen,) = _run(session, str(bad), "the red square", BackendChoice(), Backends(DemoConfig()), tmp_path)
+    (screen,) = _run(session, str(bad), "the red square", BackendChoice(), Backends(AgentSpec()), tmp_path)
     assert screen.status.startswith("This image cannot be used:") and reason in screen.status
     assert session.chat == []
 
@@ -123,7 +126,7 @@ def test_a_truncated_image_gives_a_clear_status(session: DemoSession, sample_ima
     data = Path(sample_image).read_bytes()
     truncated = tmp_path / "truncated.png"
     truncated.write_bytes(data[: len(data) // 2])
-    (screen,) = _run(session, str(truncated), "the red square", BackendChoice(), Backends(DemoConfig()), tmp_path)
+    (screen,) = _run(session, str(truncated), "the red square", BackendChoice(), Backends(AgentSpec()), tmp_path)
     assert screen.status.startswith("This image cannot be used:")
 
 
@@ -141,15 +144,15 @@ def _args(*argv: str):
 def test_cli_rejects_bad_options_in_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert main(_args("--max-turns", "0", "--out", str(tmp_path))) == 2
     assert main(_args("--port", "70000", "--out", str(tmp_path))) == 2
-    assert main(_args("--segmenter", "nonesuch", "--out", str(tmp_path))) == 2
+    assert main(_args("--model", str(tmp_path / "nonesuch"), "--out", str(tmp_path))) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 3 and all(line.startswith("segloop demo:") for line in err)
     assert "nonesuch" in err[2]
 
 
 def test_the_app_builds_with_the_bundled_samples(tmp_path: Path) -> None:
-    assert len(load_samples()) >= 2 and all(path.exists() for path, _ in load_samples())
-    app = build_app(Backends(DemoConfig()), tmp_path / "out", tmp_path / "work")
+    assert len(bundled_samples()) >= 2 and all(path.exists() for path, _ in bundled_samples())
+    app = build_app(Backends(AgentSpec()), tmp_path / "out", tmp_path / "work")
     ids = {block.elem_id for block in app.blocks.values() if getattr(block, "elem_id", None)}
     assert {"input-image", "query", "send", "stop", "turns", "status", "final-overlay", "downloads"} <= ids
 
@@ -221,7 +224,7 @@ def _titles(chat: list[dict]) -> list[str]:
 def test_a_model_that_never_submits_is_told_as_budget_spent(session: DemoSession, sample_image: str, serve,
                                                             tmp_path: Path) -> None:
     server = serve([SEGMENT_REPLY])
-    backends = Backends(DemoConfig(max_turns=3))
+    backends = Backends(AgentSpec(episode=EpisodeConfig(max_turns=3)))
     choice = BackendChoice(kind="openai", url=server.url, model="scripted")
     screens = _run(session, sample_image, "the red block", choice, backends, tmp_path / "out")
     assert server.requests == 3
@@ -238,7 +241,8 @@ def test_an_unreachable_server_is_told_in_one_line(session: DemoSession, sample_
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     choice = BackendChoice(kind="openai", url=f"http://127.0.0.1:{port}/v1", model="m")
-    screens = _run(session, sample_image, "the red block", choice, Backends(DemoConfig(max_turns=2)), tmp_path)
+    backends = Backends(AgentSpec(episode=EpisodeConfig(max_turns=2)))
+    screens = _run(session, sample_image, "the red block", choice, backends, tmp_path)
     assert screens[-1].status.startswith(f"Cannot reach the server at http://127.0.0.1:{port}/v1: "
                                          "is it running, and is the URL right?")
     assert "Traceback" not in screens[-1].status and screens[-1].files  # still saved, as every episode is
@@ -248,7 +252,7 @@ def test_an_unreachable_server_is_told_in_one_line(session: DemoSession, sample_
 def test_a_follow_up_continues_the_conversation(session: DemoSession, sample_image: str, serve,
                                                 tmp_path: Path) -> None:
     server = serve([SEGMENT_REPLY, SUBMIT_REPLY, SEGMENT_REPLY, SUBMIT_REPLY])
-    backends = Backends(DemoConfig(max_turns=4))
+    backends = Backends(AgentSpec(episode=EpisodeConfig(max_turns=4)))
     choice = BackendChoice(kind="openai", url=server.url, model="scripted")
     first = _run(session, sample_image, "the red block", choice, backends, tmp_path / "out")[-1]
     thread = session.thread_id
@@ -264,7 +268,7 @@ def test_a_follow_up_continues_the_conversation(session: DemoSession, sample_ima
 def test_stop_cancels_the_episode_and_the_next_request_starts_afresh(session: DemoSession, sample_image: str,
                                                                      serve, tmp_path: Path) -> None:
     server = serve([SEGMENT_REPLY], delay=1.0)
-    backends = Backends(DemoConfig(max_turns=8))
+    backends = Backends(AgentSpec(episode=EpisodeConfig(max_turns=8)))
     choice = BackendChoice(kind="openai", url=server.url, model="scripted")
 
     async def run_then_stop() -> list[Screen]:

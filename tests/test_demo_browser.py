@@ -22,9 +22,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from demos.make_samples import load_samples
-from policies.compact import DEFAULT_CHECKPOINT, CompactPolicy
-from tools.masks import rle_decode
+from segloop.demos.bundled import bundled_samples
+from segloop.policies.compact import DEFAULT_CHECKPOINT, CompactPolicy
+from segloop.tools.masks import rle_decode
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -57,13 +57,13 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]
     log = (tmp_path_factory.mktemp("log") / "demo.log").open("w")
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": "1",
            "GRADIO_TEMP_DIR": str(tmp_path_factory.mktemp("gradio"))}
-    command = [sys.executable, "-m", "agent.cli", "demo", "--port", str(port), "--out", str(out),
+    command = [sys.executable, "-m", "segloop", "demo", "--port", str(port), "--out", str(out),
                "--segmenter", "grabcut", "--max-turns", str(MAX_TURNS)]
     if not (DEFAULT_CHECKPOINT / "config.json").exists():
         # Before the compact policy's checkpoint is trained and shipped, an untrained one (same code path,
         # from_pretrained on a directory) drives the page: these tests check the demo, not the policy.
         model = tmp_path_factory.mktemp("compact")
-        CompactPolicy.create([query for _, query in load_samples()], seed=0).save_pretrained(model)
+        CompactPolicy.create([query for _, query in bundled_samples()], seed=0).save_pretrained(model)
         command += ["--model", str(model)]
     proc = subprocess.Popen(
         command,
@@ -163,7 +163,7 @@ def _check_against_trajectory(page, episode_dir: Path, first_turn: int = 1) -> d
 
 def test_one_request_streams_turns_that_match_the_saved_trajectory(browser, demo, tmp_path: Path) -> None:
     url, out = demo
-    image, query = load_samples()[0]
+    image, query = bundled_samples()[0]
     context, page = _open(browser, url)
     try:
         _ask(page, image, query)
@@ -184,7 +184,7 @@ def test_one_request_streams_turns_that_match_the_saved_trajectory(browser, demo
 
 def test_two_sessions_at_once_keep_their_own_state(browser, demo) -> None:
     url, _out = demo
-    (image_a, query_a), (image_b, query_b) = load_samples()[1:3]
+    (image_a, query_a), (image_b, query_b) = bundled_samples()[1:3]
     context_a, page_a = _open(browser, url)
     context_b, page_b = _open(browser, url)
     try:

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from langgraph.checkpoint.memory import InMemorySaver
 
-from agent.episode import Agent, EpisodeConfig, EpisodeResult, Trajectory, TurnEvent, save_episode
-from agent.policy import PolicyContext, PolicyTurn
-from policies.scripted import OraclePolicy
-from tools.masks import iou, rle_decode
-from tools.segmenters import build_segmenter
+from segloop.agent.episode import Agent, EpisodeConfig, EpisodeResult, Trajectory, TurnEvent, save_episode
+from segloop.agent.policy import PolicyContext, PolicyTurn
+from segloop.policies.scripted import OraclePolicy
+from segloop.tools.masks import iou, rle_decode
+from segloop.tools.segmenters import build_segmenter
 
 
 def scene(width: int = 240, height: int = 180) -> tuple[np.ndarray, np.ndarray]:
@@ -170,7 +170,7 @@ def test_policy_exception_ends_the_episode_with_its_candidate(segmenter):
 
 def test_segment_maps_view_coordinates_to_original_pixels(segmenter):
     """A box written in the zoomed view's frame reaches the segmenter as the right original pixels."""
-    from tools.views import full_view, zoom_in
+    from segloop.tools.views import full_view, zoom_in
 
     image, truth = scene()
     root = full_view(240, 180, max_side=240)
@@ -225,7 +225,7 @@ def test_empty_query_and_bad_ground_truth_fail_before_the_episode(segmenter):
 
 def test_concurrent_episodes_match_sequential_ones(segmenter):
     image, truth = scene()
-    agent = Agent(OraclePolicy(max_side=256, box_jitter=0.05, seed=3), segmenter)
+    agent = Agent(OraclePolicy(max_side=256, box_jitter=0.05), segmenter, EpisodeConfig(seed=3))
     sequential = [run(agent, image, ground_truth=truth, episode_id=f"e{i}") for i in range(4)]
 
     async def together() -> list[EpisodeResult]:
@@ -237,11 +237,10 @@ def test_concurrent_episodes_match_sequential_ones(segmenter):
         assert [t.raw_text for t in a.trajectory.turns] == [t.raw_text for t in b.trajectory.turns]
 
 
-def test_more_running_episodes_than_kept_workspaces_all_finish(segmenter, monkeypatch):
+def test_more_running_episodes_than_kept_workspaces_all_finish(segmenter):
     """Eviction of kept workspaces never touches a running episode's, however many run at once."""
-    monkeypatch.setattr("agent.episode._KEPT_WORKSPACES", 2)
     image, truth = scene(120, 90)
-    agent = Agent(OraclePolicy(max_side=128, seed=0), segmenter, checkpointer=InMemorySaver())
+    agent = Agent(OraclePolicy(max_side=128), segmenter, checkpointer=InMemorySaver(), kept_workspaces=2)
 
     async def together() -> list[EpisodeResult]:
         return await asyncio.gather(*(agent.run(image, "the red disc", ground_truth=truth, episode_id=f"e{i}")
@@ -249,7 +248,7 @@ def test_more_running_episodes_than_kept_workspaces_all_finish(segmenter, monkey
 
     results = asyncio.run(together())
     assert all(r.trajectory.turns and r.trajectory.turns[-1].error is None for r in results)
-    assert len(agent._workspaces) == 2  # idle threads are trimmed back to the limit afterwards
+    assert len(agent.held_threads) == 2  # idle threads are trimmed back to the limit afterwards
 
 
 def test_in_memory_checkpointer_continues_a_conversation(segmenter):
@@ -302,8 +301,8 @@ def test_sqlite_checkpointer_round_trips_state_across_agents(segmenter, tmp_path
 
 
 def test_bench_agent_reports_overhead_without_policy_and_segmenter_time(capsys):
-    from agent.bench import bench
-    from agent.cli import main as cli
+    from segloop.cli import main as cli
+    from segloop.cli.bench_agent import bench
 
     figures = bench(size=256, episodes=2, max_side=224)
     assert figures["turns"] >= 4
@@ -327,7 +326,7 @@ def test_a_thread_runs_one_episode_at_a_time(segmenter):
 
 
 def test_a_segmenter_failure_is_an_error_observation():
-    from tools.segmenters.base import Segmenter
+    from segloop.tools.segmenters.base import Segmenter
 
     class Broken(Segmenter):
         def _encode(self, crop):

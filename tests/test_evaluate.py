@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from agent.cli import main as cli_main
-from agent.datasets import load_samples
-from agent.evaluate import EvaluationError, evaluate_predictions
-from tools.images import save_mask
-from tools.masks import rle_encode
+from segloop.agent.datasets import load_samples
+from segloop.agent.evaluate import EvaluationError, evaluate_predictions
+from segloop.cli import main as cli_main
+from segloop.tools.images import save_mask
+from segloop.tools.masks import rle_encode
 
 
 def _mask(rows: slice = slice(0, 0), cols: slice = slice(0, 0)) -> np.ndarray:

@@ -6,90 +6,30 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from openai_server import shared_tiny_model
 from PIL import Image
+from support.transcripts import CALLS, SIDE, Transcript, image, mask_runs, sampled, scripted
 
-from agent.actions import InspectMask, Segment, Submit, ZoomIn, format_call
-from agent.episode import Agent, EpisodeConfig
-from agent.policy import ChatMessage, PolicyContext, PolicyTurn
-from policies.hf import TokenLedger, TransformersPolicy
-from rl.learnable import ExpertForcing, load_learnable, masked_mean
-from tools.segmenters import build_segmenter
-from tools.views import full_view
-
-SIDE = 112
-CALLS = [format_call(ZoomIn(bbox_2d=[10, 20, 90, 100])), format_call(Segment(bbox_2d=[4, 5, 60, 70])),
-         "<think>looks right</think>" + format_call(InspectMask()), format_call(Submit())]
+from segloop.agent.actions import Segment, Submit, ZoomIn, format_call
+from segloop.agent.episode import Agent, EpisodeConfig
+from segloop.agent.policy import ChatMessage, PolicyContext, PolicyTurn
+from segloop.policies.hf import TokenLedger, TransformersPolicy
+from segloop.policies.learnable import load_learnable, masked_mean
+from segloop.rl.sft import ExpertForcing
+from segloop.tools.segmenters import build_segmenter
 
 
 @pytest.fixture(scope="module")
-def tiny() -> Path:
-    torch.set_num_threads(1)
-    return shared_tiny_model()
-
-
-def _image(seed: int, height: int = SIDE, width: int = SIDE) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 255, (height, width, 3), dtype=np.uint8)
-
-
-class Transcript:
-    """A hand-driven episode: the messages and images a graph would hand the policy."""
-
-    def __init__(self, episode_id: str, seed: int = 0) -> None:
-        self.episode_id = episode_id
-        self.seed = seed
-        self.images = {"view0": _image(seed)}
-        self.messages = [ChatMessage(role="system", content="You segment what the user asks for."),
-                         ChatMessage(role="user", content="Find the red circle.", image_id="view0")]
-
-    def context(self, turn: int) -> PolicyContext:
-        return PolicyContext(episode_id=self.episode_id, query="the red circle", messages=list(self.messages),
-                             images=self.images, view=full_view(SIDE, SIDE, SIDE), view_depth=0,
-                             image_size=(SIDE, SIDE), turn=turn, max_turns=8, rng_seed=self.seed)
-
-    def answer(self, text: str, turn: int) -> None:
-        self.messages.append(ChatMessage(role="assistant", content=text))
-        key = f"obs{turn}"
-        self.images[key] = _image(self.seed * 100 + turn, 56 + 28 * (turn % 2), SIDE)  # views change shape
-        self.messages.append(ChatMessage(role="tool", content=f"Observation {turn}: done.", image_id=key))
-
-
-async def _scripted(policy: TransformersPolicy, transcript: Transcript, texts: list[str]) -> TokenLedger:
-    for turn, text in enumerate(texts):
-        turn_out = await policy.imitate(transcript.context(turn), text)
-        assert turn_out.text == text
-        transcript.answer(text, turn)
-    return policy.end_episode(transcript.episode_id)
-
-
-async def _sampled(policy: TransformersPolicy, transcript: Transcript, turns: int) -> tuple[TokenLedger, list[str]]:
-    texts = []
-    for turn in range(turns):
-        out = await policy.act(transcript.context(turn))
-        texts.append(out.text)
-        transcript.answer(out.text, turn)
-    return policy.end_episode(transcript.episode_id), texts
-
-
-def _runs(mask: list[int]) -> list[tuple[int, int]]:
-    """[start, end) of every run of 1s."""
-    runs, start = [], None
-    for i, m in enumerate([*mask, 0]):
-        if m and start is None:
-            start = i
-        elif not m and start is not None:
-            runs.append((start, i))
-            start = None
-    return runs
+def tiny(tiny_model: Path) -> Path:
+    return tiny_model
 
 
 def test_ledger_is_exactly_the_template_of_the_transcript(tiny: Path) -> None:
     policy = TransformersPolicy(tiny, max_side=SIDE)
     transcript = Transcript("scripted")
-    ledger = asyncio.run(_scripted(policy, transcript, CALLS))
+    ledger = asyncio.run(scripted(policy, transcript, CALLS))
     tok = policy.tokenizer
     # Generated runs are exactly the four calls, each ending in the </tool_call> stop token.
-    runs = _runs(ledger.mask)
+    runs = mask_runs(ledger.mask)
     assert [tok.decode(ledger.ids[a:b]) for a, b in runs] == CALLS
     assert all(ledger.ids[b - 1] == tok.convert_tokens_to_ids("</tool_call>") for _, b in runs)
     assert len(ledger) == sum(b - a for a, b in runs) and ledger.turns == 4
@@ -120,7 +60,7 @@ def _check_turn_ends(policy: TransformersPolicy, ledger: TokenLedger) -> set[str
     """After each generated turn comes exactly one end-of-turn token: the model's own, or the template's."""
     eos = policy.tokenizer.eos_token_id
     kinds = set()
-    for a, b in _runs(ledger.mask)[:-1]:
+    for a, b in mask_runs(ledger.mask)[:-1]:
         if ledger.ids[b - 1] == eos:
             kinds.add("model")
             assert ledger.ids[b] != eos
@@ -133,7 +73,7 @@ def _check_turn_ends(policy: TransformersPolicy, ledger: TokenLedger) -> set[str
 
 def test_sampled_log_probs_equal_a_forward_pass(tiny: Path) -> None:
     policy = TransformersPolicy(tiny, max_side=SIDE, temperature=1.5, top_p=0.9, max_new_tokens=20)
-    ledgers = [asyncio.run(_sampled(policy, Transcript(f"s{i}", seed=i), 5))[0] for i in (0, 1, 3)]
+    ledgers = [asyncio.run(sampled(policy, Transcript(f"s{i}", seed=i), 5))[0] for i in (0, 1, 3)]
     # Seeds chosen so that both kinds of turn end occur: the model's <|im_end|> and the length limit.
     assert set().union(*(_check_turn_ends(policy, ledger) for ledger in ledgers)) == {"model", "template"}
     scored = policy.log_probs(ledgers)
@@ -146,13 +86,13 @@ def test_sampled_log_probs_equal_a_forward_pass(tiny: Path) -> None:
 
 def test_greedy_and_seeded_sampling_are_reproducible(tiny: Path) -> None:
     greedy = TransformersPolicy(tiny, max_side=SIDE, greedy=True, max_new_tokens=12)
-    a = asyncio.run(_sampled(greedy, Transcript("g1"), 2))[1]
-    b = asyncio.run(_sampled(greedy, Transcript("g2"), 2))[1]
+    a = asyncio.run(sampled(greedy, Transcript("g1"), 2))[1]
+    b = asyncio.run(sampled(greedy, Transcript("g2"), 2))[1]
     assert a == b
     sampler = TransformersPolicy(tiny, max_side=SIDE, max_new_tokens=12)
-    c = asyncio.run(_sampled(sampler, Transcript("r1", seed=5), 2))[1]
-    d = asyncio.run(_sampled(sampler, Transcript("r2", seed=5), 2))[1]
-    e = asyncio.run(_sampled(sampler, Transcript("r3", seed=6), 2))[1]
+    c = asyncio.run(sampled(sampler, Transcript("r1", seed=5), 2))[1]
+    d = asyncio.run(sampled(sampler, Transcript("r2", seed=5), 2))[1]
+    e = asyncio.run(sampled(sampler, Transcript("r3", seed=6), 2))[1]
     assert c == d and c != e
 
 
@@ -170,7 +110,7 @@ def test_concurrent_episodes_share_the_model_and_leave_the_loop_free(tiny: Path)
                 await asyncio.sleep(0.001)
 
         tick_task = asyncio.create_task(ticker())
-        results = await asyncio.gather(*(_sampled(policy, Transcript(f"c{i}", seed=i), 3) for i in range(3)))
+        results = await asyncio.gather(*(sampled(policy, Transcript(f"c{i}", seed=i), 3) for i in range(3)))
         done.set()
         await tick_task
         return results, ticks
@@ -209,20 +149,20 @@ def test_graph_episodes_record_their_ledgers(tiny: Path) -> None:
     texts = [format_call(ZoomIn(bbox_2d=[0, 0, 80, 60])), format_call(Segment(bbox_2d=[5, 5, 60, 50])),
              format_call(Submit())]
     forced = Agent(ExpertForcing(_Expert(texts), student), build_segmenter("grabcut"), EpisodeConfig(max_turns=5))
-    result = asyncio.run(forced.run(_image(9, 150, 200), "the red circle", episode_id="forced"))
+    result = asyncio.run(forced.run(image(9, 150, 200), "the red circle", episode_id="forced"))
     assert [t.action["name"] for t in result.trajectory.turns] == ["zoom_in", "segment", "submit"]
-    ledger = student.decisions(result.trajectory)
-    runs = _runs(ledger.mask)
+    ledger = result.trajectory.ledger
+    runs = mask_runs(ledger.mask)
     assert [tok.decode(ledger.ids[a:b]) for a, b in runs] == texts
     for _, b in runs[:-1]:  # the template's end of turn follows each call, as an observation token
         assert ledger.ids[b] == tok.eos_token_id and ledger.mask[b] == 0
     assert len(ledger.images) == 3 and ledger.ids[-1] == tok.convert_tokens_to_ids("</tool_call>")
 
     # The untrained model sampling through the graph: nonsense turns, error observations, a full ledger.
-    sampled = Agent(student, build_segmenter("grabcut"), EpisodeConfig(max_turns=3))
-    result = asyncio.run(sampled.run(_image(10, 120, 90), "the dog", episode_id="sampled"))
+    sampling = Agent(student, build_segmenter("grabcut"), EpisodeConfig(max_turns=3))
+    result = asyncio.run(sampling.run(image(10, 120, 90), "the dog", episode_id="sampled"))
     ledger = result.trajectory.ledger
-    assert ledger.turns == 3 and len(_runs(ledger.mask)) >= 1
+    assert ledger.turns == 3 and len(mask_runs(ledger.mask)) >= 1
     scored = student.log_probs([ledger])
     assert ((scored.log_probs - scored.recorded) * scored.mask).abs().max().item() < 1e-4
 
@@ -231,7 +171,7 @@ def test_generation_stops_at_the_closing_tool_call(tiny: Path) -> None:
     """Taught (through the learnable protocol) to write one call, the model stops right after it."""
     policy = TransformersPolicy(tiny, max_side=SIDE, greedy=True, max_new_tokens=40)
     target = format_call(Segment(bbox_2d=[10, 12, 60, 70]))
-    records = [asyncio.run(_scripted(policy, Transcript(f"m{i}", seed=i), [target] * 2)) for i in range(4)]
+    records = [asyncio.run(scripted(policy, Transcript(f"m{i}", seed=i), [target] * 2)) for i in range(4)]
     optimizer = torch.optim.AdamW(policy.parameters(), lr=5e-3)
     policy.train(True)
     for _ in range(150):
@@ -256,7 +196,7 @@ def test_lora_trains_the_adapter_only_and_saves_a_plain_checkpoint(tiny: Path, t
     params = policy.parameters()
     names = [n for n, p in policy.model.named_parameters() if p.requires_grad]
     assert params and all("lora_" in n and "language_model" in n for n in names)
-    ledger = asyncio.run(_scripted(policy, Transcript("lora"), CALLS[:2]))
+    ledger = asyncio.run(scripted(policy, Transcript("lora"), CALLS[:2]))
     before = policy.log_probs([ledger]).log_probs.detach()
     scored = policy.log_probs([ledger])
     (-masked_mean(scored.log_probs, scored.mask)).backward()
@@ -297,7 +237,7 @@ Sampled = tuple[TokenLedger, list[str]]
 
 def _together(policy: TransformersPolicy, transcripts: list[Transcript], turns: int) -> list[Sampled]:
     async def main() -> list[Sampled]:
-        return await asyncio.gather(*(_sampled(policy, t, turns) for t in transcripts))
+        return await asyncio.gather(*(sampled(policy, t, turns) for t in transcripts))
 
     return asyncio.run(main())
 
@@ -307,13 +247,13 @@ def test_concurrent_turns_generate_as_one_batch_with_the_ledgers_they_would_have
     batched = TransformersPolicy(tiny, **options)
     together = _together(batched, [Transcript(f"b{i}", seed=30 + i) for i in range(4)], 3)
     # The episodes' turns met in the queue: four rows per generate (the first batch may start smaller).
-    assert max(batched.batch_sizes) == 4 and sum(batched.batch_sizes.values()) < 12
+    assert max(batched.batcher.batch_sizes) == 4 and sum(batched.batcher.batch_sizes.values()) < 12
     alone = TransformersPolicy(tiny, max_batch=1, **options)
     for i, (ledger, texts) in enumerate(together):
-        single, single_texts = asyncio.run(_sampled(alone, Transcript(f"a{i}", seed=30 + i), 3))
+        single, single_texts = asyncio.run(sampled(alone, Transcript(f"a{i}", seed=30 + i), 3))
         assert texts == single_texts and ledger.ids == single.ids and ledger.mask == single.mask
         assert np.allclose(ledger.logprobs, single.logprobs, atol=1e-4)
-    assert set(alone.batch_sizes) == {1}
+    assert set(alone.batcher.batch_sizes) == {1}
     # Rows of different lengths and image shapes were left-padded together: the recorded log-probs are
     # still those a forward pass over each ledger gives.
     ledgers = [ledger for ledger, _ in together]
@@ -336,9 +276,9 @@ def _perturbed(policy: TransformersPolicy) -> TransformersPolicy:
 def test_a_greedy_batch_writes_what_single_runs_write(tiny: Path) -> None:
     batched = _perturbed(TransformersPolicy(tiny, max_side=SIDE, greedy=True, max_new_tokens=12))
     together = _together(batched, [Transcript(f"gb{i}", seed=40 + i) for i in range(5)], 2)
-    assert max(batched.batch_sizes) == 5
+    assert max(batched.batcher.batch_sizes) == 5
     single = _perturbed(TransformersPolicy(tiny, max_side=SIDE, greedy=True, max_new_tokens=12, max_batch=1))
-    alone = [asyncio.run(_sampled(single, Transcript(f"gs{i}", seed=40 + i), 2)) for i in range(5)]
+    alone = [asyncio.run(sampled(single, Transcript(f"gs{i}", seed=40 + i), 2)) for i in range(5)]
     assert len({tuple(texts) for _, texts in alone}) == 5  # every episode writes something of its own
     assert [texts for _, texts in together] == [texts for _, texts in alone]
     assert [ledger.ids for ledger, _ in together] == [ledger.ids for ledger, _ in alone]

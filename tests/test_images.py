@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tools.images import ImageError, as_rgb, load_image, load_mask, save_image, save_mask
+from segloop.tools.images import ImageError, as_rgb, load_image, load_mask, save_image, save_mask
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -122,17 +122,16 @@ def _truncated_png(path: Path) -> Path:
 
 
 def test_too_large_images_are_refused_before_decoding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import tools.images
 
     Image.new("RGB", (100, 100)).save(tmp_path / "big.png")
-    monkeypatch.setattr(tools.images, "MAX_IMAGE_PIXELS", 9_999)
+    monkeypatch.setattr("segloop.tools.images.MAX_IMAGE_PIXELS", 9_999)
     with pytest.raises(ImageError, match="pixel limit"):
         load_image(tmp_path / "big.png")
 
 
 _MEASURE = """
 import json, resource, sys
-from tools.images import load_image
+from segloop.tools.images import load_image
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 image = load_image(sys.argv[1])
 after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

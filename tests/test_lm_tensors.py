@@ -6,27 +6,25 @@ from pathlib import Path
 
 import pytest
 import torch
-from openai_server import shared_tiny_model
-from test_hf_policy import CALLS, SIDE, Transcript, _runs, _sampled, _scripted
+from support.transcripts import CALLS, SIDE, Transcript, mask_runs, sampled, scripted
 
-from policies.hf import TransformersPolicy
-from rl.lm_tensors import ledger_batch, ledger_parts, response_log_probs
+from segloop.policies.hf import TransformersPolicy
+from segloop.policies.lm_tensors import ledger_batch, ledger_parts, response_log_probs
 
 
 @pytest.fixture(scope="module")
-def policy() -> TransformersPolicy:
-    torch.set_num_threads(1)
-    return TransformersPolicy(shared_tiny_model(), max_side=SIDE, temperature=1.2, max_new_tokens=16)
+def policy(tiny_model) -> TransformersPolicy:
+    return TransformersPolicy(tiny_model, max_side=SIDE, temperature=1.2, max_new_tokens=16)
 
 
 def test_scripted_four_turn_episode_masks_exactly_the_policy_tokens(policy: TransformersPolicy) -> None:
-    ledger = asyncio.run(_scripted(policy, Transcript("four"), CALLS))
+    ledger = asyncio.run(scripted(policy, Transcript("four"), CALLS))
     batch = ledger_batch([ledger], policy.model, pad_id=policy.tokenizer.pad_token_id)
     parts = ledger_parts(ledger)
     assert batch.prompt_ids[0].tolist() == parts["prompt_ids"] == ledger.ids[: ledger.prompt_length]
     assert batch.response_ids[0].tolist() == parts["response_ids"]
     mask = batch.response_mask[0].tolist()
-    texts = [policy.tokenizer.decode(parts["response_ids"][a:b]) for a, b in _runs([int(m) for m in mask])]
+    texts = [policy.tokenizer.decode(parts["response_ids"][a:b]) for a, b in mask_runs([int(m) for m in mask])]
     assert texts == CALLS  # 1 exactly on the four calls; observations, image tokens, template: 0
     image_pad = policy.tokenizer.convert_tokens_to_ids("<|image_pad|>")
     assert not any(m for i, m in zip(parts["response_ids"], mask, strict=True) if i == image_pad)
@@ -45,7 +43,7 @@ def test_scripted_four_turn_episode_masks_exactly_the_policy_tokens(policy: Tran
 
 
 def test_recomputed_log_probs_equal_those_recorded_while_sampling(policy: TransformersPolicy) -> None:
-    ledgers = [asyncio.run(_sampled(policy, Transcript(f"r{i}", seed=20 + i), 4))[0] for i in range(3)]
+    ledgers = [asyncio.run(sampled(policy, Transcript(f"r{i}", seed=20 + i), 4))[0] for i in range(3)]
     vision = policy.tokenizer.convert_tokens_to_ids(["<|image_pad|>", "<|vision_start|>", "<|vision_end|>"])
     # Random weights do rank vision placeholders high (seen with these seeds); the policy never writes them.
     assert not any(i in vision for ledger in ledgers for i, m in zip(ledger.ids, ledger.mask, strict=True) if m)
@@ -69,7 +67,7 @@ def test_recomputed_log_probs_equal_those_recorded_while_sampling(policy: Transf
 
 
 def test_log_probs_are_differentiable(policy: TransformersPolicy) -> None:
-    ledger = asyncio.run(_scripted(policy, Transcript("grad"), CALLS[:2]))
+    ledger = asyncio.run(scripted(policy, Transcript("grad"), CALLS[:2]))
     batch = ledger_batch([ledger], policy.model, pad_id=policy.tokenizer.pad_token_id)
     log_probs, _ = response_log_probs(policy.model, batch)
     log_probs.sum().backward()
@@ -79,7 +77,7 @@ def test_log_probs_are_differentiable(policy: TransformersPolicy) -> None:
 
 
 def test_inconsistent_ledgers_are_refused(policy: TransformersPolicy, tmp_path: Path) -> None:
-    ledger = asyncio.run(_scripted(policy, Transcript("bad"), CALLS[:2]))
+    ledger = asyncio.run(scripted(policy, Transcript("bad"), CALLS[:2]))
     pad = policy.tokenizer.pad_token_id
     short = copy.deepcopy(ledger)
     short.mask.pop()

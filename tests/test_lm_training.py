@@ -5,10 +5,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from openai_server import shared_tiny_model
 
-from agent.episode import Trajectory, TurnRecord
-from rl.rollout import tool_rates
+from segloop.agent.episode import Trajectory, TurnRecord
+from segloop.agent.stats import episode_stats
 
 
 def _trajectory(tools: list[str], invalid: int, submitted: bool) -> Trajectory:
@@ -22,25 +21,25 @@ def _trajectory(tools: list[str], invalid: int, submitted: bool) -> Trajectory:
                       invalid_actions=invalid, final_mask_rle={})
 
 
-def test_tool_rates_count_episodes_per_tool_and_valid_turns() -> None:
-    rates = tool_rates([_trajectory(["zoom_in", "segment", "inspect_mask", "submit"], 0, True),
+def test_episode_stats_count_episodes_per_tool_and_valid_turns() -> None:
+    rates = episode_stats([_trajectory(["zoom_in", "segment", "inspect_mask", "submit"], 0, True),
                         _trajectory(["segment", "segment"], 2, False)])
     assert rates["zoom_rate"] == rates["inspect_rate"] == rates["submit_rate"] == 0.5
     assert rates["segment_rate"] == 1.0
     assert rates["valid_rate"] == pytest.approx(6 / 8)  # 2 invalid turns of 8
     assert rates["turns"] == 4.0
-    assert tool_rates([])["valid_rate"] == 0.0
+    assert episode_stats([])["valid_rate"] == 0.0
 
 
 @pytest.mark.slow
-def test_tiny_lm_sft_then_grpo_through_the_cli(tmp_path: Path) -> None:
-    from agent.cli import main as cli_main
-    from policies.hf import TransformersPolicy
-    from rl.curves import CurveLog
-    from rl.learnable import load_learnable
+def test_tiny_lm_sft_then_grpo_through_the_cli(tmp_path: Path, tiny_model: Path) -> None:
+    from segloop.cli import main as cli_main
+    from segloop.policies.hf import TransformersPolicy
+    from segloop.policies.learnable import load_learnable
+    from segloop.rl.curves import CurveLog
 
     torch.set_num_threads(1)
-    model, held_out = str(shared_tiny_model()), "synth:easy:256:9:2"
+    model, held_out = str(tiny_model), "synth:easy:256:9:2"
     assert cli_main(["train", "sft", "--model", model, "--expert", "oracle", "--data", "synth:easy:256:1:4",
                      "--eval-data", held_out, "--eval-n", "2", "--out", str(tmp_path / "sft"), "--steps", "2",
                      "--batch-size", "2", "--eval-every", "2", "--max-turns", "2"]) == 0

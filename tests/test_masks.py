@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from tools.masks import (
+from segloop.tools.masks import (
     Metrics,
     box_of,
     format_table,

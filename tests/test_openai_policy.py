@@ -6,16 +6,17 @@ import time
 
 import numpy as np
 import pytest
-from openai_server import OpenAIServer, scripted_turns, shared_tiny_model
+from support.openai_server import OpenAIServer, scripted_turns
 
-from agent.actions import Segment, Submit, ZoomIn, format_call
-from agent.episode import Agent, EpisodeConfig
-from agent.policy import ChatMessage, PolicyContext
-from policies import build_policy
-from policies.chat import TOOL_CLOSE, TOOL_OPEN, decode_data_url
-from policies.openai_compat import OpenAIPolicy, OpenAIPolicyError
-from tools.segmenters import build_segmenter
-from tools.views import full_view, render_view
+from segloop.agent.actions import Segment, Submit, ZoomIn, format_call
+from segloop.agent.episode import Agent, EpisodeConfig
+from segloop.agent.policy import ChatMessage, PolicyContext
+from segloop.policies import build_policy
+from segloop.policies.chat import TOOL_CLOSE, TOOL_OPEN
+from segloop.policies.openai_compat import OpenAIPolicy, OpenAIPolicyError
+from segloop.tools.encoding import decode_data_url
+from segloop.tools.segmenters import build_segmenter
+from segloop.tools.views import full_view, render_view
 
 SCRIPT = [format_call(ZoomIn(bbox_2d=[0, 0, 150, 120])), format_call(Segment(bbox_2d=[10, 10, 90, 80])),
           "<think>good</think>" + format_call(Submit())]
@@ -92,7 +93,7 @@ def test_client_errors_are_not_retried_and_the_api_key_comes_from_the_environmen
         monkeypatch.setenv("SEGLOOP_TEST_KEY", "sekret")
         policy = OpenAIPolicy("tiny", base_url=server.base_url, api_key_env="SEGLOOP_TEST_KEY", greedy=True)
         context = _context()
-        context.rng_seed = 7
+        context.seed = 7
         assert asyncio.run(policy.act(context)).text == SCRIPT[0]
     sent = server.requests[-1]
     assert sent["seed"] == 7000 and sent["temperature"] == 0.0
@@ -150,11 +151,11 @@ def test_each_slot_keeps_its_connection_alive() -> None:
     assert len(server.connections) == 3  # one per slot, reused by every later wave
 
 
-def test_the_tiny_model_answers_over_the_wire() -> None:
-    with OpenAIServer(model_dir=shared_tiny_model()) as server:
-        policy = OpenAIPolicy("tiny", base_url=server.base_url, max_tokens=12, max_side=112)
-        agent = Agent(policy, build_segmenter("grabcut"), EpisodeConfig(max_turns=2))
-        result = asyncio.run(agent.run(_image(3, 100, 120), "the cat", episode_id="model"))
+def test_the_tiny_model_answers_over_the_wire(tiny_server: OpenAIServer) -> None:
+    server = tiny_server
+    policy = OpenAIPolicy("tiny", base_url=server.base_url, max_tokens=12, max_side=112)
+    agent = Agent(policy, build_segmenter("grabcut"), EpisodeConfig(max_turns=2))
+    result = asyncio.run(agent.run(_image(3, 100, 120), "the cat", episode_id="model"))
     assert len(result.trajectory.turns) == 2  # random weights: nonsense turns, error observations
     assert result.trajectory.policy_error is None
     assert all(isinstance(t.raw_text, str) for t in result.trajectory.turns)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tools.overlay import BOX_RGB, NEGATIVE_RGB, POSITIVE_RGB, mask_stats, render_overlay
-from tools.views import PixelBox, View, full_view, render_view
+from segloop.tools.overlay import BOX_RGB, NEGATIVE_RGB, POSITIVE_RGB, mask_stats, render_overlay
+from segloop.tools.views import PixelBox, View, full_view, render_view
 
 
 def _scene(width: int = 400, height: int = 300) -> tuple[np.ndarray, np.ndarray]:

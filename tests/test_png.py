@@ -8,8 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from policies.chat import decode_data_url
-from tools.png import encode_png, png_data_url
+from segloop.tools.encoding import data_url, decode_data_url, encode_png
 
 
 def _decode(data: bytes) -> np.ndarray:
@@ -30,13 +29,26 @@ def test_views_of_larger_arrays_and_data_urls_round_trip() -> None:
     scene = np.stack([np.add.outer(ramp[:200], ramp) / 2] * 3, axis=-1).astype(np.uint8)
     crop = scene[10:150:2, 5:290]  # strided, not contiguous
     assert np.array_equal(_decode(encode_png(crop)), crop)
-    url = png_data_url(scene)
+    url = data_url(scene)
     assert url.startswith("data:image/png;base64,")
     assert np.array_equal(decode_data_url(url), scene)
 
 
-@pytest.mark.parametrize("bad", [np.zeros((4, 4), np.uint8), np.zeros((4, 4, 4), np.uint8),
-                                 np.zeros((4, 4, 3), np.float32), np.zeros((0, 4, 3), np.uint8)])
-def test_non_rgb_input_is_refused(bad: np.ndarray) -> None:
-    with pytest.raises(ValueError, match="uint8 \\(H, W, 3\\)"):
+def test_grayscale_round_trips_and_lossy_formats_decode() -> None:
+    gray = np.random.default_rng(0).integers(0, 256, (17, 23), dtype=np.uint8)
+    with Image.open(io.BytesIO(encode_png(gray))) as image:
+        assert image.mode == "L" and np.array_equal(np.asarray(image), gray)
+    smooth = np.stack([np.add.outer(np.arange(64), np.arange(64))] * 3, axis=-1).astype(np.uint8)
+    for fmt in ("jpeg", "webp"):
+        url = data_url(smooth, fmt, quality=90)
+        assert url.startswith(f"data:image/{fmt};base64,")
+        assert np.abs(decode_data_url(url).astype(int) - smooth).mean() < 3
+    with pytest.raises(ValueError, match="quality"):
+        data_url(smooth, "jpeg", quality=0)
+
+
+@pytest.mark.parametrize("bad", [np.zeros((4, 4, 4), np.uint8), np.zeros((4, 4, 3), np.float32),
+                                 np.zeros((0, 4, 3), np.uint8), np.zeros((4,), np.uint8)])
+def test_non_image_input_is_refused(bad: np.ndarray) -> None:
+    with pytest.raises(ValueError, match="uint8 \\(H, W\\) or \\(H, W, 3\\)"):
         encode_png(bad)

@@ -7,9 +7,9 @@ import re
 
 import pytest
 
-from agent.actions import tool_schemas
-from agent.prompts import error_text, first_user_text, follow_up_text, observation_text, system_prompt
-from tools.views import full_view
+from segloop.agent.actions import tool_schemas
+from segloop.agent.prompts import error_text, first_user_text, follow_up_text, observation_text, system_prompt
+from segloop.tools.views import full_view
 
 
 def test_system_prompt_holds_the_tool_schemas_in_tools_tags():

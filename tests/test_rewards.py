@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from rl.rewards import RewardConfig, accuracy_reward, compute_reward
+from segloop.rl.rewards import RewardConfig, accuracy_reward, compute_reward
 
 
 def _masks() -> tuple[np.ndarray, np.ndarray]:

@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.cli import main as cli
-from agent.episode import Trajectory
+from segloop.agent.episode import Trajectory
+from segloop.cli import main as cli
 
 
 @pytest.fixture
@@ -42,11 +42,10 @@ def test_run_prints_each_turn_and_saves_the_episode(image_path, tmp_path, capsys
 
 @pytest.mark.parametrize(("args", "message"), [
     (["run", "IMG", "  ", "--out", "OUT", "--policy", "random"], "query is empty"),
-    (["run", "IMG", "x", "--out", "OUT", "--policy", "oracle"], "needs a ground-truth mask"),
+    (["run", "IMG", "x", "--out", "IMG", "--policy", "random"], "is a file"),
     (["run", "MISSING", "x", "--out", "OUT", "--policy", "random"], "no such file"),
     (["run", "IMG", "x", "--out", "OUT", "--policy", "compact", "--model", "NOWHERE"],
      "not a compact policy directory"),
-    (["run", "IMG", "x", "--out", "OUT", "--policy", "nope"], "unknown policy"),
     (["run", "IMG", "x", "--out", "OUT", "--policy", "random", "--max-turns", "0"], "max-turns"),
 ])
 def test_user_errors_are_one_clear_line(image_path, tmp_path, capsys, args, message):
@@ -55,3 +54,13 @@ def test_user_errors_are_one_clear_line(image_path, tmp_path, capsys, args, mess
     assert cli([swap.get(a, a) for a in args]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("segloop run:") and "\n" not in err and message in err
+
+
+@pytest.mark.parametrize("policy", ["nope", "oracle"])
+def test_policies_run_cannot_use_are_refused_by_the_parser(image_path, tmp_path, capsys, policy):
+    """The scripted experts read a ground truth a single image does not have: `run` does not offer them."""
+    with pytest.raises(SystemExit) as exited:
+        cli(["run", str(image_path), "x", "--out", str(tmp_path / "o"), "--policy", policy])
+    assert exited.value.code == 2
+    assert f"invalid choice: '{policy}' (choose from 'compact', 'transformers', 'openai', 'random')" in (
+        capsys.readouterr().err)

@@ -8,11 +8,11 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.episode import Agent, EpisodeConfig
-from policies import PolicyError, build_policy
-from policies.scripted import OraclePolicy, RandomTextPolicy, SingleShotPolicy
-from tools.masks import iou, rle_decode
-from tools.segmenters import build_segmenter
+from segloop.agent.episode import Agent, EpisodeConfig
+from segloop.policies import PolicyError, build_policy
+from segloop.policies.scripted import OraclePolicy, RandomTextPolicy, SingleShotPolicy
+from segloop.tools.masks import iou, rle_decode
+from segloop.tools.segmenters import build_segmenter
 
 
 def small_target_scene(size: int = 640) -> tuple[np.ndarray, np.ndarray]:
@@ -31,8 +31,8 @@ def segmenter():
     return build_segmenter("grabcut")
 
 
-def run(policy, segmenter, image, truth, max_turns=8, episode_id=None):
-    agent = Agent(policy, segmenter, EpisodeConfig(max_turns=max_turns))
+def run(policy, segmenter, image, truth, max_turns=8, episode_id=None, seed=None):
+    agent = Agent(policy, segmenter, EpisodeConfig(max_turns=max_turns, seed=seed))
     return asyncio.run(agent.run(image, "the yellow square", ground_truth=truth, episode_id=episode_id))
 
 
@@ -52,18 +52,18 @@ def test_oracle_zooms_on_a_small_target_and_single_shot_does_not(segmenter):
 
 def test_oracle_refines_with_points_when_the_mask_is_poor(segmenter):
     image, truth = small_target_scene()
-    policy = OraclePolicy(max_side=448, box_jitter=0.6, seed=5, good_iou=0.99)
-    result = run(policy, segmenter, image, truth, max_turns=10, episode_id="refine")  # the noise is per episode id
+    policy = OraclePolicy(max_side=448, box_jitter=0.6, good_iou=0.99)
+    result = run(policy, segmenter, image, truth, max_turns=10, episode_id="refine", seed=5)
     refinements = [t.action for t in result.trajectory.turns if t.action.get("points_2d")]
     assert refinements and all(set(a["point_labels"]) <= {0, 1} for a in refinements)
     assert result.trajectory.submitted
 
 
-def test_oracle_noise_is_seeded(segmenter):
+def test_oracle_noise_follows_the_episode_seed(segmenter):
     image, truth = small_target_scene()
     texts = []
     for seed in (1, 1, 2):
-        result = run(OraclePolicy(max_side=448, box_jitter=0.2, seed=seed), segmenter, image, truth, episode_id="e")
+        result = run(OraclePolicy(max_side=448, box_jitter=0.2), segmenter, image, truth, episode_id="e", seed=seed)
         texts.append([t.raw_text for t in result.trajectory.turns])
     assert texts[0] == texts[1] != texts[2]
     skipping = run(OraclePolicy(max_side=448, skip_inspect=1.0), segmenter, image, truth)
@@ -83,8 +83,8 @@ def test_no_target_and_missing_ground_truth(segmenter):
 def test_random_text_never_breaks_an_episode(segmenter):
     """~50 episodes of garbage, broken JSON and random calls: each ends with a mask and a record."""
     image, truth = small_target_scene(200)
-    policy = RandomTextPolicy(max_side=224, seed=11)
-    agent = Agent(policy, segmenter, EpisodeConfig(max_turns=6))
+    policy = RandomTextPolicy(max_side=224)
+    agent = Agent(policy, segmenter, EpisodeConfig(max_turns=6, seed=11))
 
     async def many():
         return await asyncio.gather(*(agent.run(image, "anything", episode_id=f"r{i}") for i in range(50)))
@@ -102,7 +102,7 @@ def test_random_text_never_breaks_an_episode(segmenter):
 
 
 def test_build_policy_registry():
-    assert isinstance(build_policy("oracle", max_side=448, seed=3), OraclePolicy)
+    assert isinstance(build_policy("oracle", max_side=448, box_jitter=0.1), OraclePolicy)
     assert build_policy("single-shot").name == "single-shot"
     assert build_policy("random", frame="norm1000").frame == "norm1000"
     with pytest.raises(PolicyError, match="unknown policy 'nope'"):

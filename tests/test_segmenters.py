@@ -6,10 +6,10 @@ import cv2
 import numpy as np
 import pytest
 
-from tools.masks import iou
-from tools.segmenters import Prompt, SegmenterError, build_segmenter
-from tools.segmenters.grabcut import GrabCutSegmenter
-from tools.views import PixelBox
+from segloop.tools.masks import iou
+from segloop.tools.segmenters import Prompt, SegmenterError, build_segmenter
+from segloop.tools.segmenters.grabcut import GrabCutSegmenter
+from segloop.tools.views import PixelBox
 
 
 def _disk_scene(width: int = 320, height: int = 240, centre: tuple[int, int] = (170, 120), radius: int = 50,
@@ -239,7 +239,7 @@ def test_sam2_official_missing_package_says_how_to_install(monkeypatch: pytest.M
 def test_sam2_official_checkpoint_names_map_to_configs() -> None:
     from pathlib import Path
 
-    from tools.segmenters.sam2_official import config_for_checkpoint
+    from segloop.tools.segmenters.sam2_official import config_for_checkpoint
 
     assert config_for_checkpoint(Path("/w/sam2.1_hiera_base_plus.pt")) == "configs/sam2.1/sam2.1_hiera_b+.yaml"
     assert config_for_checkpoint(Path("sam2_hiera_large.pt")) == "configs/sam2/sam2_hiera_l.yaml"
@@ -251,13 +251,12 @@ def test_sam2_official_runs_when_installed() -> None:
     pytest.importorskip("sam2", reason="Meta's sam2 package is an optional extra")
     from sam2.build_sam import build_sam2
 
-    from tools.segmenters.sam2_official import OfficialSam2Segmenter
+    from segloop.tools.segmenters.sam2_official import OfficialSam2Segmenter
 
     # Random weights at 256 px (hiera-tiny's config); the predictor's feature sizes follow the resolution.
     model = build_sam2("configs/sam2.1/sam2.1_hiera_t.yaml", ckpt_path=None, device="cpu",
                        hydra_overrides_extra=["++model.image_size=256"])
     seg = OfficialSam2Segmenter(model)
-    seg.predictor._bb_feat_sizes = [(64, 64), (32, 32), (16, 16)]
     image, _ = _disk_scene()
     region = PixelBox(20, 20, 300, 220)
     for prompt in (Prompt(box=(110, 60, 230, 180)), Prompt(points=((170, 120),), point_labels=(1,))):
@@ -270,8 +269,8 @@ def test_sam2_official_runs_when_installed() -> None:
 
 
 def test_bench_tools_cli_prints_timings_and_scores_a_manifest(tmp_path, capsys) -> None:
-    from agent.cli import main
-    from tools.images import save_image, save_mask
+    from segloop.cli import main
+    from segloop.tools.images import save_image, save_mask
 
     image, gt = _disk_scene()
     save_image(image, tmp_path / "img.png")
@@ -290,7 +289,7 @@ def test_bench_tools_cli_prints_timings_and_scores_a_manifest(tmp_path, capsys) 
 
 
 def test_bench_tools_cli_user_errors(tmp_path, capsys) -> None:
-    from agent.cli import main
+    from segloop.cli import main
 
     assert main(["bench", "tools", "--realdata", str(tmp_path / "none.jsonl")]) == 2
     assert "no such manifest" in capsys.readouterr().err

@@ -9,9 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.cli import main as cli_main
-from agent.datasets import read_manifest
-from agent.synth import (
+from segloop.agent.datasets import read_manifest
+from segloop.agent.synth import (
     ATTRIBUTES,
     COLOURS,
     STRIPE_SHADE,
@@ -26,7 +25,8 @@ from agent.synth import (
     resolve,
     scene_seed,
 )
-from tools.masks import box_of
+from segloop.cli import main as cli_main
+from segloop.tools.masks import box_of
 
 
 def _obj(shape: str, colour: str, cx: float, cy: float, size: str = "medium", fill: str = "solid",

@@ -4,17 +4,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from openai_server import shared_tiny_model
 from PIL import Image
 from transformers import AutoModelForImageTextToText
 
-from agent import cli
-from policies.tiny import CONTROL_TOKENS, TAG_TOKENS, image_only_processor_class, load_processor, make_tiny
+from segloop import cli
+from segloop.policies.processors import image_only_processor_class, load_processor
+from segloop.policies.tiny import CONTROL_TOKENS, TAG_TOKENS, make_tiny
 
 
 @pytest.fixture(scope="module")
-def tiny() -> Path:
-    return shared_tiny_model()
+def tiny(tiny_model: Path) -> Path:
+    return tiny_model
 
 
 def test_loads_through_the_hub_code_path(tiny: Path) -> None:
@@ -104,4 +104,4 @@ def test_cli_make_tiny(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     blocker.write_text("x")
     assert cli.main(["make-tiny", "--out", str(blocker)]) != 0
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error:") and "\n" not in err
+    assert err.startswith("segloop make-tiny:") and "\n" not in err

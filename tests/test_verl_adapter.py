@@ -22,22 +22,21 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from openai_server import shared_tiny_model
 from PIL import Image
 from pydantic import BaseModel
 
-from agent.actions import Segment, Submit, ZoomIn, format_call
-from agent.episode import Agent, EpisodeConfig
-from agent.policy import PolicyContext, PolicyTurn
-from policies.hf import TransformersPolicy
-from policies.ledger import GenerateRequest, TokenLedger
-from rl.learnable import ExpertForcing
-from rl.rewards import episode_reward
-from rl.rollout import items
-from rl.verl.episode import AGENT_NAME, LoopSettings, fit_response, parse_row, run_episode
-from rl.verl.export import row_of
-from rl.verl.reward import compute_score
-from tools.segmenters import build_segmenter
+from segloop.agent.actions import Segment, Submit, ZoomIn, format_call
+from segloop.agent.episode import Agent, EpisodeConfig
+from segloop.agent.policy import PolicyContext, PolicyTurn
+from segloop.policies.hf import TransformersPolicy
+from segloop.policies.ledger import GenerateRequest, TokenLedger
+from segloop.rl.rewards import episode_reward
+from segloop.rl.rollout import items
+from segloop.rl.sft import ExpertForcing
+from segloop.rl.verl.episode import AGENT_NAME, LoopSettings, fit_response, parse_row, run_episode
+from segloop.rl.verl.export import row_of
+from segloop.rl.verl.reward import compute_score
+from segloop.tools.segmenters import build_segmenter
 
 SIDE = 112
 HAS_VERL = importlib.util.find_spec("verl") is not None
@@ -89,11 +88,11 @@ class TinyServer:
         if self.script is not None:
             text = self.script[min(turn, len(self.script) - 1)]
             ids = self.policy.tokenizer(text, add_special_tokens=False)["input_ids"]
-            logprobs = await asyncio.to_thread(self.policy._score, ledger, ids)
+            logprobs = await asyncio.to_thread(self.policy.score, ledger, ids)
             return self.output(token_ids=ids, log_probs=logprobs if sampling_params.get("logprobs") else None)
-        assert set(sampling_params["stop_token_ids"]) == set(self.policy._stops.ids)
+        assert set(sampling_params["stop_token_ids"]) == set(self.policy.stops.ids)
         self.policy.max_new_tokens = sampling_params["max_tokens"]
-        out = await asyncio.to_thread(self.policy._generate_batch, [GenerateRequest(request_id, ledger, None, turn)])
+        out = await asyncio.to_thread(self.policy.generate_batch, [GenerateRequest(request_id, ledger, None, turn)])
         return self.output(token_ids=out[0].ids,
                            log_probs=out[0].logprobs if sampling_params.get("logprobs") else None)
 
@@ -113,9 +112,8 @@ class _Expert:
 
 
 @pytest.fixture(scope="module")
-def tiny() -> Path:
-    torch.set_num_threads(1)
-    return shared_tiny_model()
+def tiny(tiny_model: Path) -> Path:
+    return tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -254,7 +252,7 @@ def test_missing_log_probs_and_bad_rows(tiny: Path, item: Any, texts: list[str])
 def test_exported_parquet_reads_back_into_the_episode_row(item: Any, tmp_path: Path) -> None:
     import pyarrow.parquet as pq
 
-    from agent.cli import main
+    from segloop.cli import main
 
     assert main(["export-verl", "--data", "synth:easy:256:3:2", "--out", str(tmp_path / "d.parquet")]) == 0
     rows = pq.read_table(tmp_path / "d.parquet").to_pylist()
@@ -281,7 +279,7 @@ def test_the_shipped_configs_name_our_loop_with_valid_settings() -> None:
     import yaml
 
     (entry,) = yaml.safe_load((CONFIGS / "agent_loops.yaml").read_text())
-    assert entry["name"] == AGENT_NAME and entry["_target_"] == "rl.verl.loop.SegloopAgentLoop"
+    assert entry["name"] == AGENT_NAME and entry["_target_"] == "segloop.rl.verl.loop.SegloopAgentLoop"
     settings = LoopSettings.model_validate({k: v for k, v in entry.items() if k not in ("name", "_target_")})
     trainer = yaml.safe_load((CONFIGS / "segloop_grpo.yaml").read_text())
     rollout = trainer["actor_rollout_ref"]["rollout"]
@@ -290,7 +288,7 @@ def test_the_shipped_configs_name_our_loop_with_valid_settings() -> None:
     assert rollout["limit_images"] == settings.max_turns + 1  # the first view and one per turn
     assert trainer["algorithm"]["adv_estimator"] == "grpo" and rollout["name"] == "vllm" and rollout["n"] > 1
     reward = trainer["reward"]["custom_reward_function"]
-    assert reward["path"] == "pkg://rl.verl.reward" and reward["name"] == compute_score.__name__
+    assert reward["path"] == "pkg://segloop.rl.verl.reward" and reward["name"] == compute_score.__name__
 
 
 def _leaves(node: Any, prefix: str = "") -> list[str]:
@@ -347,11 +345,11 @@ def test_real_verl_agent_loop_runs_our_episode(tiny: Path, item: Any, texts: lis
     from verl.utils.dataset.rl_dataset import RLHFDataset
     from verl.workers.rollout.replica import TokenOutput as VerlTokenOutput
 
-    from rl.verl.export import export
-    from rl.verl.loop import SegloopAgentLoop
+    from segloop.rl.verl.export import export
+    from segloop.rl.verl.loop import SegloopAgentLoop
 
     assert set(VerlTokenOutput.model_fields) == set(TokenOutput.model_fields)  # our stand-in speaks verl's
-    assert _agent_loop_registry[AGENT_NAME]["_target_"] == "rl.verl.loop.SegloopAgentLoop"
+    assert _agent_loop_registry[AGENT_NAME]["_target_"] == "segloop.rl.verl.loop.SegloopAgentLoop"
     export("synth:easy:256:3:1", tmp_path / "train.parquet", max_side=SIDE, max_turns=4)
     server = TinyServer(TransformersPolicy(tiny, max_side=SIDE), script=texts, output=VerlTokenOutput)
     processor, tokenizer = server.policy.processor, server.policy.tokenizer
@@ -409,7 +407,7 @@ def test_verls_worker_turns_our_episodes_into_a_training_batch(tiny: Path, item:
     from verl.utils.dataset.rl_dataset import RLHFDataset, collate_fn
     from verl.workers.rollout.replica import TokenOutput as VerlTokenOutput
 
-    from rl.verl.export import export
+    from segloop.rl.verl.export import export
 
     export("synth:easy:256:3:1", tmp_path / "train.parquet", max_side=SIDE, max_turns=4)
     (entry,) = OmegaConf.load(CONFIGS / "agent_loops.yaml")

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tools.views import (
+from segloop.tools.views import (
     PixelBox,
     View,
     ViewError,

@@ -1,0 +1,555 @@
+"""One episode as a LangGraph state machine: ``policy`` -> ``tools`` -> ``policy`` ... until ``submit`` or
+the turn budget.
+
+The graph state holds only serialisable values (ids, view boxes, counters, the transcript as dicts, the
+candidate as COCO RLE), so any checkpointer can save it. Pixel arrays (the image, the pictures shown to
+the policy, the decoded candidate) live in a per-thread ``_Workspace`` outside the state; a workspace
+lost with its process is rebuilt from the state and the image given with the next request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import re
+import time
+import uuid
+import zlib
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypedDict
+
+import numpy as np
+from langgraph.graph import END, START, StateGraph
+from pydantic import BaseModel, ConfigDict, Field
+
+from segloop.agent import prompts
+from segloop.agent.actions import InspectMask, Segment, Submit, ZoomIn, ZoomOut, format_call, parse_turn
+from segloop.agent.policy import ChatMessage, Policy, PolicyContext
+from segloop.tools.images import as_rgb, save_image, save_mask
+from segloop.tools.masks import rle_decode, rle_encode
+from segloop.tools.overlay import mask_stats, render_overlay
+from segloop.tools.segmenters import Prompt, Segmenter, SegmenterError
+from segloop.tools.views import PixelBox, View, ViewError, ViewStack, ZoomLimits, check_point, model_size, render_view
+
+# Segmenter cache keys: unique per workspace image within the process (a counter, not uuid4: os.urandom
+# showed up at ~0.5 ms per call on a loaded machine).
+_IMAGE_KEYS = itertools.count()
+
+
+class EpisodeConfig(BaseModel):
+    """How an episode runs: the turn budget, how far zooming may go, and the seed of sampled choices."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_turns: int = Field(8, ge=1, le=100, description="turn budget of an episode")
+    zoom_min_side: int = Field(28, ge=1, description="smallest region side a zoom may show, in original pixels")
+    max_zoom: float = Field(16.0, gt=1, description="how much larger than the full image's scale a view may be shown")
+    seed: int | None = Field(None, description="seed of the policy's sampled choices (an episode's seed is derived "
+                                               "from it and the episode id); unseeded when omitted")
+
+    @property
+    def zoom_limits(self) -> ZoomLimits:
+        return ZoomLimits(min_side=self.zoom_min_side, max_zoom=self.max_zoom)
+
+    def episode_seed(self, episode_id: str) -> int | None:
+        """The seed of one episode: the same (seed, episode id) gives the same choices in any batch."""
+        if self.seed is None:
+            return None
+        return (self.seed * 1_000_003 + zlib.crc32(episode_id.encode())) % 2**31
+
+
+class TurnRecord(BaseModel):
+    """One turn as recorded: what the policy wrote, what it meant, and what it was answered."""
+
+    turn: int
+    raw_text: str
+    thought: str | None = None
+    action: dict[str, Any] | None = None
+    error: str | None = None
+    observation: str
+    observation_image: str | None = None
+    view_box: tuple[int, int, int, int]
+    policy_s: float
+    tool_s: float
+    policy_info: dict[str, Any] = Field(default_factory=dict)
+
+
+class Trajectory(BaseModel):
+    """The JSON record of an episode; ``ledger`` (the policy's ``end_episode`` value) stays in memory."""
+
+    episode_id: str
+    thread_id: str
+    query: str
+    image_size: tuple[int, int]
+    policy: str
+    frame: str
+    max_side: int
+    max_turns: int
+    turns: list[TurnRecord] = Field(default_factory=list)
+    submitted: bool = False
+    no_target: bool = False
+    budget_spent: bool = False
+    policy_error: str | None = None
+    stopped: bool = False  # cancelled from outside (the demo's stop button) before it ended
+    tool_counts: dict[str, int] = Field(default_factory=dict)
+    invalid_actions: int = 0
+    final_mask_rle: dict[str, Any]
+    final_area_share: float = 0.0
+    seconds: float = 0.0
+    ledger: Any = Field(default=None, exclude=True)
+
+
+@dataclass
+class TurnEvent:
+    """One streamed turn. ``turn`` counts from 0; ``image`` is what the policy is shown next."""
+
+    turn: int
+    raw_text: str
+    thought: str | None
+    action: Any
+    call_text: str | None
+    error: str | None
+    observation: str
+    image: np.ndarray | None
+    view: View
+
+
+@dataclass
+class EpisodeResult:
+    """The submitted mask (image-sized bool), the record, and the workspace's images by id."""
+
+    mask: np.ndarray
+    trajectory: Trajectory
+    images: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+class EpisodeState(TypedDict):
+    """The graph state: serialisable values only."""
+
+    episode_id: str
+    thread_id: str
+    query: str
+    image_size: list[int]
+    views: list[list[int]]
+    candidate: dict[str, Any] | None
+    messages: list[dict[str, Any]]
+    image_views: dict[str, list[int]]
+    turn: int
+    max_turns: int
+    pending: dict[str, Any] | None
+    records: list[dict[str, Any]]
+    done: bool
+    submitted: bool
+    no_target: bool
+    budget_spent: bool
+    policy_error: str | None
+    tool_counts: dict[str, int]
+    invalid_actions: int
+
+
+@dataclass
+class _Workspace:
+    """The pixels of one thread: the image, every picture shown (by id), the decoded candidate."""
+
+    image: np.ndarray
+    image_key: str
+    images: dict[str, np.ndarray] = field(default_factory=dict)
+    # Views rendered so far, by box and size: the overlays of later turns in the same view start from these.
+    renders: dict[tuple[int, ...], np.ndarray] = field(default_factory=dict)
+    candidate_counts: str | None = None
+    # The last statistics line, by candidate and view: a submit right after segment or inspect reuses it.
+    stats: tuple[str, tuple[int, ...], str] | None = None
+    candidate: np.ndarray | None = None
+    ground_truth: np.ndarray | None = None
+    ignore: np.ndarray | None = None
+
+
+class Agent:
+    """A policy, a segmenter and one compiled graph; runs any number of concurrent episodes."""
+
+    def __init__(self, policy: Policy, segmenter: Segmenter, config: EpisodeConfig | None = None,
+                 checkpointer: Any = None, kept_workspaces: int = 64) -> None:
+        self.policy = policy
+        self.segmenter = segmenter
+        self.config = config or EpisodeConfig()
+        self.checkpointer = checkpointer
+        # Pixels kept for idle threads a checkpointer may continue (older ones are rebuilt on demand from the
+        # state and the next request's image); a running episode's workspace is never evicted.
+        self.kept_workspaces = kept_workspaces
+        self._limits = self.config.zoom_limits
+        self._workspaces: OrderedDict[str, _Workspace] = OrderedDict()
+        self._running: set[str] = set()
+        self.graph = self._build()
+
+    # -- graph ----------------------------------------------------------------------------------------
+    def _build(self) -> Any:
+        graph = StateGraph(EpisodeState)
+        graph.add_node("policy", self._policy_node)
+        graph.add_node("tools", self._tools_node)
+        graph.add_edge(START, "policy")
+        graph.add_conditional_edges("policy", _next, {"continue": "tools", "end": END})
+        graph.add_conditional_edges("tools", _next, {"continue": "policy", "end": END})
+        return graph.compile(checkpointer=self.checkpointer)
+
+    async def _policy_node(self, state: EpisodeState) -> dict[str, Any]:
+        ws = self._workspace(state)
+        stack = self._stack(state)
+        tic = time.perf_counter()
+        try:
+            context = PolicyContext(
+                episode_id=state["episode_id"], query=state["query"],
+                messages=[ChatMessage(**m) for m in state["messages"]], images=ws.images,
+                view=stack.current, view_depth=len(stack.views) - 1, image_size=_size(state),
+                turn=state["turn"], max_turns=state["max_turns"], zoom_limits=self._limits,
+                seed=self.config.episode_seed(state["episode_id"]), candidate=self._candidate(state, ws),
+                ground_truth=ws.ground_truth,
+            )
+            answer = await self.policy.act(context)
+            text = answer.text if isinstance(answer.text, str) else str(answer.text)
+        except Exception as exc:  # a policy failure (server down, bad model) ends the episode, not the caller
+            return {"done": True, "policy_error": f"{type(exc).__name__}: {exc}"[:500]}
+        policy_s = time.perf_counter() - tic
+        messages = [*state["messages"], {"role": "assistant", "content": text, "image_id": None}]
+        pending = {"text": text, "policy_s": policy_s, "info": answer.info}
+        return {"pending": pending, "messages": messages}
+
+    async def _tools_node(self, state: EpisodeState) -> dict[str, Any]:
+        ws = self._workspace(state)
+        stack = self._stack(state)
+        pending = state["pending"] or {"text": "", "policy_s": 0.0}
+        acting_view = stack.current
+        parsed = parse_turn(pending["text"])
+        update: dict[str, Any] = {"pending": None}
+        counts = dict(state["tool_counts"])
+        tic = time.perf_counter()
+        image: np.ndarray | None = None
+        error: str | None = None
+        if parsed.action is None:
+            error = parsed.error.message if parsed.error else "No tool call found."
+        else:
+            counts[parsed.action.name] = counts.get(parsed.action.name, 0) + 1
+            try:
+                result, image = await self._execute(parsed.action, state, ws, stack, update)
+            except (ViewError, SegmenterError, ValueError) as exc:
+                error = str(exc)
+        if error is not None:
+            result = prompts.error_text(error)
+        turn = state["turn"] + 1
+        done = bool(update.get("submitted"))
+        if not done and turn >= state["max_turns"]:
+            update.update(done=True, submitted=False, budget_spent=True)
+            done = True
+        if image is None and not done:
+            image = _render(ws, stack.current)  # an error still shows where the policy is
+        observation = prompts.observation_text(result, stack.current, state["max_turns"] - turn)
+        image_id = None
+        image_views = dict(state["image_views"])
+        if image is not None:
+            image_id = f"{state['episode_id']}/turn_{turn:02d}"
+            ws.images[image_id] = image
+            image_views[image_id] = list(stack.current.box.as_tuple())
+        messages = [*state["messages"], {"role": "tool", "content": observation, "image_id": image_id}]
+        record = TurnRecord(
+            turn=state["turn"], raw_text=pending["text"], thought=parsed.thought,
+            action=parsed.action.model_dump(exclude_none=True) if parsed.action is not None else None,
+            error=error, observation=observation,
+            observation_image=f"turn_{turn:02d}.png" if image_id else None,
+            view_box=acting_view.box.as_tuple(), policy_s=pending["policy_s"], tool_s=time.perf_counter() - tic,
+            policy_info=pending.get("info") or {},
+        )
+        update.update(
+            messages=messages, image_views=image_views, turn=turn, done=done or bool(update.get("done")),
+            records=[*state["records"], record.model_dump()], tool_counts=counts,
+            invalid_actions=state["invalid_actions"] + (error is not None),
+            views=[list(v.box.as_tuple()) for v in stack.views],
+        )
+        return update
+
+    async def _execute(self, action: Any, state: EpisodeState, ws: _Workspace, stack: ViewStack,
+                       update: dict[str, Any]) -> tuple[str, np.ndarray | None]:
+        """Run one valid action; returns the observation's result line and picture. Refusals raise."""
+        if isinstance(action, ZoomIn):
+            view = stack.zoom_in(action.bbox_2d)
+            return f"Zoomed in on original region {list(view.box.as_tuple())}.", _render(ws, view)
+        if isinstance(action, ZoomOut):
+            view = stack.zoom_out()
+            return "Zoomed out.", _render(ws, view)
+        if isinstance(action, Segment):
+            return await self._segment(action, state, ws, stack.current, update)
+        if isinstance(action, InspectMask):
+            candidate = self._candidate(state, ws)
+            if candidate is None:
+                raise ValueError("there is no candidate mask yet; call segment first")
+            stats = _stats(ws, candidate, stack.current, _size(state))
+            overlay = render_overlay(ws.image, stack.current, candidate, base=_render(ws, stack.current))
+            return f"Candidate: {stats}.", overlay
+        if isinstance(action, Submit):
+            update.update(submitted=True, no_target=action.no_target)
+            if action.no_target:
+                return "Submitted: no such object (empty mask).", None
+            candidate = self._candidate(state, ws)
+            if candidate is None:
+                return "Submitted an empty mask (there was no candidate).", None
+            return f"Submitted the candidate: {_stats(ws, candidate, stack.current, _size(state))}.", None
+        raise ValueError(f"unhandled action {action!r}")
+
+    async def _segment(self, action: Segment, state: EpisodeState, ws: _Workspace, view: View,
+                       update: dict[str, Any]) -> tuple[str, np.ndarray]:
+        box = view.box_to_original(action.bbox_2d) if action.bbox_2d is not None else None
+        points = tuple(view.to_original(*check_point(p, view)) for p in action.points_2d or [])
+        labels = tuple(action.point_labels or [])
+        # Points correct the current candidate (SAM's mask input); a box alone starts afresh.
+        hint = self._candidate(state, ws) if points else None
+        prompt = Prompt(box=box, points=points, point_labels=labels, mask=hint)
+        try:
+            mask = await asyncio.to_thread(self.segmenter.segment, ws.image, ws.image_key, view.box, prompt)
+        except SegmenterError:
+            raise
+        except Exception as exc:  # a backend failure (cv2, CUDA) answers this call, it does not end the episode
+            raise SegmenterError(f"the segmenter failed on this prompt ({type(exc).__name__}: {exc})"[:300]) from exc
+        rle = rle_encode(mask)
+        ws.candidate_counts, ws.candidate = rle["counts"], mask
+        update["candidate"] = rle
+        stats = _stats(ws, mask, view, _size(state))
+        overlay = render_overlay(ws.image, view, mask, box=box, points=points, labels=labels, base=_render(ws, view))
+        return f"Segmented: {stats}.", overlay
+
+    # -- workspace and views --------------------------------------------------------------------------
+    def _workspace(self, state: EpisodeState) -> _Workspace:
+        ws = self._workspaces.get(state["thread_id"])
+        if ws is None:
+            raise RuntimeError(f"no workspace for thread {state['thread_id']!r}; start it with Agent.run")
+        return ws
+
+    def _stack(self, state: EpisodeState) -> ViewStack:
+        width, height = _size(state)
+        stack = ViewStack(width, height, self.policy.max_side, self.policy.frame, self._limits)
+        stack.views = [self._view(box) for box in state["views"]]
+        return stack
+
+    def _view(self, box: list[int]) -> View:
+        x1, y1, x2, y2 = box
+        width, height = model_size(x2 - x1, y2 - y1, self.policy.max_side)
+        return View(PixelBox(x1, y1, x2, y2), width, height, self.policy.frame)
+
+    @staticmethod
+    def _candidate(state: EpisodeState, ws: _Workspace) -> np.ndarray | None:
+        rle = state["candidate"]
+        if rle is None:
+            return None
+        if ws.candidate_counts != rle["counts"]:
+            ws.candidate_counts, ws.candidate = rle["counts"], rle_decode(rle)
+        return ws.candidate
+
+    # -- running --------------------------------------------------------------------------------------
+    async def run(self, image: np.ndarray, query: str, *, episode_id: str | None = None,
+                  ground_truth: np.ndarray | None = None, ignore: np.ndarray | None = None,
+                  thread_id: str | None = None) -> EpisodeResult:
+        """One episode (or, with a checkpointer and a known ``thread_id``, the next request of that
+        conversation); returns its mask and record."""
+        result = None
+        async for item in self.stream(image, query, episode_id=episode_id, ground_truth=ground_truth,
+                                      ignore=ignore, thread_id=thread_id):
+            if isinstance(item, EpisodeResult):
+                result = item
+        assert result is not None
+        return result
+
+    async def stream(self, image: np.ndarray, query: str, *, episode_id: str | None = None,
+                     ground_truth: np.ndarray | None = None, ignore: np.ndarray | None = None,
+                     thread_id: str | None = None,
+                     on_stop: Callable[[EpisodeResult], None] | None = None,
+                     ) -> AsyncIterator[TurnEvent | EpisodeResult]:
+        """The episode as it runs: a ``TurnEvent`` per turn, then the ``EpisodeResult``. If the stream is
+        cancelled or closed before it ends, ``on_stop`` gets the episode so far (``trajectory.stopped``),
+        so a stopped episode can still be saved."""
+        if not isinstance(query, str) or not query.strip():
+            raise ValueError("the query is empty; say what to segment")
+        image = as_rgb(np.asarray(image))
+        height, width = image.shape[:2]
+        for name, mask in (("ground_truth", ground_truth), ("ignore", ignore)):
+            if mask is not None and np.shape(mask) != (height, width):
+                raise ValueError(f"{name} is {np.shape(mask)}, image is {(height, width)}")
+        episode_id = episode_id or uuid.uuid4().hex[:12]
+        thread_id = thread_id or episode_id
+        if thread_id in self._running:
+            raise ValueError(f"an episode of thread {thread_id!r} is already running; use another episode/thread id")
+        config = {"configurable": {"thread_id": thread_id}, "recursion_limit": 2 * self.config.max_turns + 10}
+        self._running.add(thread_id)
+        try:
+            state = await self._start_state(image, query.strip(), episode_id, thread_id, config)
+        except BaseException:
+            self._running.discard(thread_id)
+            raise
+        ws = self._workspaces[thread_id]
+        ws.ground_truth = None if ground_truth is None else np.asarray(ground_truth, dtype=bool)
+        ws.ignore = None if ignore is None else np.asarray(ignore, dtype=bool)
+        started = time.perf_counter()
+        final = dict(state)
+        shown_records = len(state["records"])
+        ended = False
+        try:
+            async for update in self.graph.astream(state, config=config, stream_mode="values"):
+                final = update
+                for raw in update["records"][shown_records:]:
+                    yield self._event(TurnRecord(**raw), update, ws)
+                shown_records = len(update["records"])
+            ended = True
+        finally:
+            self._running.discard(thread_id)
+            ledger = self.policy.end_episode(episode_id)
+            if self.checkpointer is None:
+                self._workspaces.pop(thread_id, None)
+            self._trim_workspaces()
+            if not ended and on_stop is not None:
+                stopped = self._result(final, ws, ledger, time.perf_counter() - started)
+                stopped.trajectory.stopped = True
+                on_stop(stopped)
+        yield self._result(final, ws, ledger, time.perf_counter() - started)
+
+    async def _start_state(self, image: np.ndarray, query: str, episode_id: str, thread_id: str,
+                           config: dict[str, Any]) -> EpisodeState:
+        height, width = image.shape[:2]
+        previous = None
+        if self.checkpointer is not None:
+            snapshot = await self.graph.aget_state(config)
+            previous = snapshot.values or None
+        if previous:
+            if list(previous["image_size"]) != [width, height]:
+                raise ValueError(f"thread {thread_id!r} is about a {previous['image_size'][0]}x"
+                                 f"{previous['image_size'][1]} image, not {width}x{height}; start a new thread")
+            self._keep_workspace(thread_id, image, previous)
+            view = self._view(previous["views"][-1])
+            picture_id = f"{episode_id}/request"
+            self._workspaces[thread_id].images[picture_id] = _render(self._workspaces[thread_id], view)
+            message = {"role": "user", "content": prompts.follow_up_text(query, view), "image_id": picture_id}
+            return EpisodeState(
+                **{**previous, "episode_id": episode_id, "query": query, "turn": 0, "max_turns": self.config.max_turns,
+                   "pending": None, "records": [], "done": False, "submitted": False, "no_target": False,
+                   "budget_spent": False, "policy_error": None, "tool_counts": {}, "invalid_actions": 0,
+                   "messages": [*previous["messages"], message],
+                   "image_views": {**previous["image_views"], picture_id: list(view.box.as_tuple())}},
+            )
+        stack = ViewStack(width, height, self.policy.max_side, self.policy.frame, self._limits)
+        view = stack.current
+        picture_id = f"{episode_id}/request"
+        self._keep_workspace(thread_id, image, None)
+        self._workspaces[thread_id].images[picture_id] = _render(self._workspaces[thread_id], view)
+        return EpisodeState(
+            episode_id=episode_id, thread_id=thread_id, query=query, image_size=[width, height],
+            views=[list(view.box.as_tuple())], candidate=None,
+            messages=[
+                {"role": "system", "content": prompts.system_prompt(self.policy.frame, self.config.max_turns),
+                 "image_id": None},
+                {"role": "user", "content": prompts.first_user_text(query, view), "image_id": picture_id},
+            ],
+            image_views={picture_id: list(view.box.as_tuple())}, turn=0, max_turns=self.config.max_turns,
+            pending=None, records=[], done=False, submitted=False, no_target=False, budget_spent=False,
+            policy_error=None, tool_counts={}, invalid_actions=0,
+        )
+
+    def _keep_workspace(self, thread_id: str, image: np.ndarray, previous: dict[str, Any] | None) -> None:
+        """The thread's workspace; one lost (another process, evicted) is rebuilt: pictures shown earlier
+        are re-rendered from their view boxes (without overlays)."""
+        ws = self._workspaces.get(thread_id)
+        if ws is None or ws.image.shape != image.shape or not np.array_equal(ws.image, image):
+            ws = _Workspace(image=image, image_key=f"{thread_id}:{next(_IMAGE_KEYS)}")
+            if previous:
+                for image_id, box in previous["image_views"].items():
+                    ws.images[image_id] = _render(ws, self._view(box))
+        self._workspaces[thread_id] = ws
+        self._workspaces.move_to_end(thread_id)
+        self._trim_workspaces()
+
+    @property
+    def held_threads(self) -> list[str]:
+        """The threads whose pixels this agent holds (running ones and the most recent idle ones)."""
+        return list(self._workspaces)
+
+    def _trim_workspaces(self) -> None:
+        idle = [key for key in self._workspaces if key not in self._running]  # oldest first
+        for key in idle[: max(0, len(self._workspaces) - self.kept_workspaces)]:
+            del self._workspaces[key]
+
+    def _event(self, record: TurnRecord, state: dict[str, Any], ws: _Workspace) -> TurnEvent:
+        parsed = parse_turn(record.raw_text)
+        image_id = f"{state['episode_id']}/turn_{record.turn + 1:02d}" if record.observation_image else None
+        return TurnEvent(
+            turn=record.turn, raw_text=record.raw_text, thought=record.thought, action=parsed.action,
+            call_text=format_call(parsed.action) if parsed.action is not None else parsed.raw_call,
+            error=record.error, observation=record.observation,
+            image=ws.images.get(image_id) if image_id else None, view=self._view(state["views"][-1]),
+        )
+
+    def _result(self, state: dict[str, Any], ws: _Workspace, ledger: Any, seconds: float) -> EpisodeResult:
+        width, height = _size(state)
+        if not state.get("no_target") and state.get("candidate") is not None:
+            mask = self._candidate(state, ws).copy()  # type: ignore[arg-type, union-attr]
+            rle = dict(state["candidate"])  # the state's RLE is this very mask's: no need to encode it again
+        else:
+            mask = np.zeros((height, width), dtype=bool)
+            rle = rle_encode(mask)
+        trajectory = Trajectory(
+            episode_id=state["episode_id"], thread_id=state["thread_id"], query=state["query"],
+            image_size=(width, height), policy=self.policy.name, frame=self.policy.frame,
+            max_side=self.policy.max_side, max_turns=state["max_turns"],
+            turns=[TurnRecord(**r) for r in state["records"]], submitted=bool(state.get("submitted")),
+            no_target=bool(state.get("no_target")), budget_spent=bool(state.get("budget_spent")),
+            policy_error=state.get("policy_error"), tool_counts=dict(state["tool_counts"]),
+            invalid_actions=state["invalid_actions"], final_mask_rle=rle,
+            final_area_share=np.count_nonzero(mask) / mask.size if mask.size else 0.0, seconds=seconds, ledger=ledger,
+        )
+        prefix = f"{state['episode_id']}/"
+        images = {k[len(prefix):]: v for k, v in ws.images.items() if k.startswith(prefix)}
+        return EpisodeResult(mask=mask, trajectory=trajectory, images=images)
+
+
+def _render(ws: _Workspace, view: View) -> np.ndarray:
+    """The view of the workspace's image at model size, rendered once per view (shared, never drawn on)."""
+    key = (*view.box.as_tuple(), view.width, view.height)
+    picture = ws.renders.get(key)
+    if picture is None:
+        picture = ws.renders[key] = render_view(ws.image, view)
+    return picture
+
+
+def _stats(ws: _Workspace, mask: np.ndarray, view: View, image_size: tuple[int, int]) -> str:
+    """``mask_stats(...).describe()`` of the workspace's current candidate ``mask``, computed once per view."""
+    key = (*view.box.as_tuple(), view.width, view.height)
+    if ws.stats is None or ws.stats[0] != ws.candidate_counts or ws.stats[1] != key:
+        ws.stats = (ws.candidate_counts or "", key, mask_stats(mask, view, image_size).describe())
+    return ws.stats[2]
+
+
+def _next(state: EpisodeState) -> str:
+    return "end" if state["done"] else "continue"
+
+
+def _size(state: Any) -> tuple[int, int]:
+    width, height = state["image_size"]
+    return int(width), int(height)
+
+
+def episode_folder(episode_id: str) -> str:
+    """A file-system-safe folder name for an episode or sample id (ids may hold slashes or spaces); a
+    changed id gets a short hash so that "a/b" and "a_b" do not share a folder."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", episode_id).strip("._")[:100]
+    if safe == episode_id:
+        return safe
+    return f"{safe or 'sample'}-{hashlib.sha1(episode_id.encode()).hexdigest()[:8]}"
+
+
+def save_episode(result: EpisodeResult, out_dir: str | Path) -> Path:
+    """Write ``trajectory.json``, one ``turn_XX.png`` per pictured turn and ``mask.png``; returns the folder."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, picture in result.images.items():
+        if name.startswith("turn_"):
+            save_image(picture, out / f"{name}.png")
+    save_mask(result.mask, out / "mask.png")
+    (out / "trajectory.json").write_text(result.trajectory.model_dump_json(indent=1))
+    return out

@@ -1,0 +1,67 @@
+"""``segloop eval-masks``: score a folder of predicted masks against a dataset.
+
+Predictions are mask PNGs named ``<sample id>.png`` (any non-zero pixel is foreground) at the image's
+size. A sample with no prediction is scored as an empty mask, and counted and listed, so a partial run
+never looks better than it is. Scores are gIoU / cIoU overall, by size class and by kind
+(``tools.masks.Metrics``), with ignore regions excluded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel
+
+from segloop.agent.sample import Sample
+from segloop.tools.images import ImageError, image_size, load_mask
+from segloop.tools.masks import Metrics, score_sample
+
+
+class EvaluationError(ValueError):
+    """A prediction or ground truth that cannot be scored, naming the file."""
+
+
+class Evaluation(BaseModel):
+    """The metrics summary plus the samples that had no prediction."""
+
+    summary: dict
+    missing: list[str]
+
+    def to_json(self) -> dict:
+        return {**self.summary, "n_missing": len(self.missing), "missing": self.missing}
+
+
+def evaluate_predictions(samples: list[Sample], pred_dir: str | Path) -> Evaluation:
+    """Score ``pred_dir/<id>.png`` for every sample; a missing file is an empty prediction."""
+    pred_dir = Path(pred_dir)
+    if not pred_dir.is_dir():
+        raise EvaluationError(f"{pred_dir}: no such prediction folder")
+    metrics = Metrics()
+    missing: list[str] = []
+    for sample in samples:
+        # The header gives the size; the pixels of the image itself are never needed for scoring.
+        try:
+            width, height = image_size(sample.image)
+        except ImageError as exc:
+            raise EvaluationError(str(exc)) from exc
+        shape = (height, width)
+        pred_path = pred_dir / f"{sample.id}.png"
+        try:
+            gt = sample.load_mask(shape)
+            ignore = sample.load_ignore(shape)
+        except (ImageError, ValueError) as exc:
+            raise EvaluationError(f"sample {sample.id}: ground truth unusable ({exc})") from exc
+        if pred_path.is_file():
+            try:
+                pred = load_mask(pred_path)
+            except ImageError as exc:
+                raise EvaluationError(str(exc)) from exc
+            if pred.shape != shape:
+                raise EvaluationError(f"{pred_path}: prediction is {pred.shape[1]}x{pred.shape[0]}, "
+                                      f"image {sample.image.name} is {shape[1]}x{shape[0]}")
+        else:
+            missing.append(sample.id)
+            pred = np.zeros(shape, dtype=bool)
+        metrics.add(score_sample(sample.id, pred, gt, ignore, kind=sample.kind))
+    return Evaluation(summary=metrics.summary(), missing=missing)

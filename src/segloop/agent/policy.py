@@ -1,0 +1,81 @@
+"""Who chooses the next action: the ``Policy`` protocol, and what a policy sees on its turn.
+
+The graph owns the episode; a policy only reads the transcript (and, for scripted experts, the episode
+facts in ``PolicyContext``) and writes text. Language-model policies keep whatever they need to train on
+(their token ledger) per episode and hand it over in ``end_episode``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import numpy as np
+from pydantic import BaseModel
+
+from segloop.tools.views import CoordFrame, View, ZoomLimits
+
+Role = Literal["system", "user", "assistant", "tool"]
+
+
+class ChatMessage(BaseModel):
+    """One message of the transcript. Images are referenced by id into the episode's workspace."""
+
+    role: Role
+    content: str
+    image_id: str | None = None
+
+
+@dataclass
+class PolicyContext:
+    """What a policy is given on its turn.
+
+    ``messages`` is the whole transcript so far (system, user, then assistant/tool pairs); ``images``
+    resolves every ``image_id`` in it to the RGB array the model is shown. ``view``, ``image_size``,
+    ``candidate`` and ``ground_truth`` are the episode's facts for scripted policies; models must not
+    read them (``ground_truth`` is None outside evaluation and expert-data generation). ``seed`` is the
+    episode's seed (``EpisodeConfig.episode_seed``): a policy that samples draws from it, so a seeded
+    episode is reproducible whatever runs beside it; None means unseeded.
+    """
+
+    episode_id: str
+    query: str
+    messages: list[ChatMessage]
+    images: Mapping[str, np.ndarray]
+    view: View
+    view_depth: int
+    image_size: tuple[int, int]
+    turn: int
+    max_turns: int
+    zoom_limits: ZoomLimits = field(default_factory=ZoomLimits)
+    seed: int | None = None
+    candidate: np.ndarray | None = None
+    ground_truth: np.ndarray | None = None
+
+
+@dataclass
+class PolicyTurn:
+    """A policy's answer for one turn: the text it wrote, and JSON-able facts about how it was obtained
+    (a server's finish reason, token usage, retries) that the trajectory records with the turn."""
+
+    text: str
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """Chooses actions. ``frame`` is the coordinate frame it writes in; ``max_side`` the longest side,
+    in pixels, of the images it wants to be shown."""
+
+    name: str
+    frame: CoordFrame
+    max_side: int
+
+    async def act(self, context: PolicyContext) -> PolicyTurn:
+        """The next turn's text: optional ``<think>`` and one ``<tool_call>``."""
+        ...
+
+    def end_episode(self, episode_id: str) -> Any:
+        """Free the episode's state; return its training record (token ledger) or None."""
+        ...

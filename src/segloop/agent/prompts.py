@@ -1,0 +1,72 @@
+"""The words of an episode: the system prompt, the first user turn, and each observation's text.
+
+Tool schemas travel inside the system prompt in the Qwen/Hermes ``<tools>`` form, so every policy
+(in-process chat template, OpenAI-compatible server, scripted) sees the same text.
+"""
+
+from __future__ import annotations
+
+import json
+
+from segloop.agent.actions import tool_schemas
+from segloop.tools.views import CoordFrame, View
+
+_TASK = (
+    "You segment what the user asks for in an image by calling tools, one call per turn. "
+    "Look at the image, zoom_in on the region where the target is when it is small, segment it with a box "
+    "around it (add points: label 1 on the target, 0 on background, to correct a mask), inspect_mask to check "
+    "the candidate mask drawn over the view, and submit when it covers exactly the target. If there is no such "
+    "object, call submit with no_target true. You have at most {max_turns} turns; when they run out, the current "
+    "candidate mask is submitted."
+)
+
+_FRAMES: dict[str, str] = {
+    "pixels": (
+        "Coordinates are integer pixels of the image you were shown for the current view: x from 0 (left) to its "
+        "width, y from 0 (top) to its height. After zoom_in you are shown the zoomed region, and coordinates "
+        "refer to that new image."
+    ),
+    "norm1000": (
+        "Coordinates are integers from 0 to 1000 across the image you were shown for the current view: (0, 0) is "
+        "its top-left corner and (1000, 1000) its bottom-right, whatever its size. After zoom_in they refer to "
+        "the zoomed region."
+    ),
+}
+
+_FORMAT = (
+    "Each turn, think briefly inside <think>...</think>, then write exactly one tool call:\n"
+    '<tool_call>{{"name": <tool name>, "arguments": <arguments as a JSON object>}}</tool_call>'
+)
+
+
+def system_prompt(frame: CoordFrame, max_turns: int) -> str:
+    """The system message: task, the tools' JSON schemas in ``<tools>`` tags, coordinate frame, format."""
+    if frame not in _FRAMES:
+        raise ValueError(f"unknown coordinate frame {frame!r}; use 'pixels' or 'norm1000'")
+    tools = "\n".join(json.dumps(schema) for schema in tool_schemas())
+    return "\n\n".join([
+        _TASK.format(max_turns=max_turns),
+        f"# Tools\n\nYou may call one of these functions:\n<tools>\n{tools}\n</tools>",
+        _FRAMES[frame],
+        _FORMAT.format(),
+    ])
+
+
+def first_user_text(query: str, view: View) -> str:
+    """The first user turn (shown with the full-image view): the request and the view it is seen in."""
+    return f"Request: {query}\nThe image is shown as {view.describe()}."
+
+
+def follow_up_text(query: str, view: View) -> str:
+    """A later request in the same conversation (same image): it starts from the current view and mask."""
+    return f"New request: {query}\nCurrent {view.describe()}."
+
+
+def observation_text(result: str, view: View, turns_left: int) -> str:
+    """A tool's answer: what it did (or the error), the current view, and the turns left."""
+    return f"{result}\nCurrent {view.describe()}. Turns left: {turns_left}."
+
+
+def error_text(message: str) -> str:
+    """A refused call: the reason, worded for the model to act on."""
+    return f"Error: {message}"

@@ -1,0 +1,67 @@
+"""What a set of episodes did, in one vocabulary for batch metrics, training logs and reports.
+
+Rates are shares of episodes unless named per turn: ``valid_rate`` is the share of turns whose action was
+valid (the grammar a language-model policy must learn). ``first_zoom_hit`` and ``some_zoom_hit`` need the
+ground-truth masks: among episodes with a target that zoomed in, the share whose first zoomed view (any
+zoomed view) holds the whole target; how well a policy localises from the full view, and whether its
+search finds the target at all.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from segloop.tools.masks import box_of
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from segloop.agent.episode import Trajectory
+
+
+def _holds(view: Sequence[int], target: tuple[int, int, int, int]) -> bool:
+    return view[0] <= target[0] and view[1] <= target[1] and view[2] >= target[2] and view[3] >= target[3]
+
+
+def zoom_hits(trajectories: Sequence[Trajectory], masks: Sequence[np.ndarray]) -> dict[str, float | None]:
+    """``first_zoom_hit`` and ``some_zoom_hit`` (see the module docstring); None when no episode zoomed."""
+    first_hits = some_hits = zoomed = 0
+    for trajectory, mask in zip(trajectories, masks, strict=True):
+        target = box_of(mask)
+        root = trajectory.turns[0].view_box if trajectory.turns else None
+        views = [t.view_box for t in trajectory.turns if t.view_box != root]
+        if target is None or not views:
+            continue
+        zoomed += 1
+        first_hits += _holds(views[0], target)
+        some_hits += any(_holds(v, target) for v in views)
+    if not zoomed:
+        return {"first_zoom_hit": None, "some_zoom_hit": None}
+    return {"first_zoom_hit": first_hits / zoomed, "some_zoom_hit": some_hits / zoomed}
+
+
+def episode_stats(trajectories: Sequence[Trajectory]) -> dict[str, Any]:
+    """Mean turns, valid-action rate per turn, share of episodes using each tool and submitting, and
+    the total calls per tool."""
+    n = max(len(trajectories), 1)
+    turns = sum(len(t.turns) for t in trajectories)
+    tools: Counter[str] = Counter()
+    for t in trajectories:
+        tools.update(t.tool_counts)
+
+    def share(tool: str) -> float:
+        return sum(t.tool_counts.get(tool, 0) > 0 for t in trajectories) / n
+
+    return {
+        "turns": turns / n,
+        "valid_rate": 1 - sum(t.invalid_actions for t in trajectories) / turns if turns else 0.0,
+        "zoom_rate": share("zoom_in"),
+        "zoom_out_rate": share("zoom_out"),
+        "segment_rate": share("segment"),
+        "inspect_rate": share("inspect_mask"),
+        "submit_rate": sum(t.submitted for t in trajectories) / n,
+        "no_target_rate": sum(t.no_target for t in trajectories) / n,
+        "tool_calls": dict(sorted(tools.items())),
+    }

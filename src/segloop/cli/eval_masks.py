@@ -1,0 +1,38 @@
+"""``segloop eval-masks --data SPEC --pred DIR``: score a folder of predicted mask PNGs (``<sample id>.png``)
+against a dataset, as gIoU / cIoU overall, by size class and by kind."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, help="a manifest path or a dataset spec (reasonseg:DIR, ...)")
+    parser.add_argument("--pred", required=True, type=Path, help="folder of predicted masks named <sample id>.png")
+    parser.add_argument("--out", type=Path, default=None, help="write the metrics JSON here")
+
+
+def main(args: argparse.Namespace) -> int:
+    from segloop.agent.datasets import DatasetError, load_samples
+    from segloop.agent.evaluate import EvaluationError, evaluate_predictions
+    from segloop.tools.images import ImageError
+    from segloop.tools.masks import format_table
+
+    try:
+        samples = load_samples(args.data)
+        result = evaluate_predictions(samples, args.pred)
+    except (DatasetError, EvaluationError, ImageError) as exc:
+        print(f"segloop eval-masks: {exc}", file=sys.stderr)
+        return 2
+    print(format_table(result.summary))
+    if result.missing:
+        shown = ", ".join(result.missing[:5]) + (", ..." if len(result.missing) > 5 else "")
+        print(f"missing predictions: {len(result.missing)} of {len(samples)} scored as empty ({shown})")
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result.to_json(), indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {args.out}")
+    return 0

@@ -1,0 +1,110 @@
+"""The chat demo: talk to the agent in the browser and watch every turn (``segloop demo`` serves it).
+
+Upload an image (or pick a bundled sample), type what to segment, and the agent's turns stream in: its
+thought, its tool call and the overlay it saw. The final mask is drawn over the image and offered as a
+PNG and as COCO RLE JSON; every episode is saved as ``segloop run`` saves it. A follow-up request on the
+same image continues the same LangGraph thread. Each browser session keeps its own state.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from segloop.demos.backends import BackendChoice, Backends
+from segloop.demos.bundled import bundled_samples
+
+TITLE = "segloop: segment what a sentence asks for, by acting"
+INTRO = (
+    "The agent looks at the image, zooms in, prompts the segmenter with boxes and points, inspects "
+    "the mask and submits. Each turn below shows its reasoning, the tool call it wrote and the overlay "
+    "it was shown. Ask a follow-up about the same image to continue the conversation."
+)
+OFFLINE_LABEL = "offline agent (bundled)"
+OPENAI_LABEL = "OpenAI-compatible server"
+CSS = """
+#final-overlay img { object-fit: contain; }
+#status { min-height: 2.5em; }
+"""
+
+
+def build_app(backends: Backends, out_dir: Path, work_root: Path | None = None) -> Any:
+    """The Gradio Blocks app; ``out_dir`` receives the saved episodes, ``work_root`` the overlays
+    streamed to the browser (a temporary folder by default)."""
+    import gradio as gr
+
+    from segloop.demos.chat import respond
+    from segloop.demos.session import DemoSession
+
+    work_root = Path(work_root or tempfile.mkdtemp(prefix="segloop-demo-"))
+    samples = bundled_samples()
+
+    def session_of(state: DemoSession | None) -> DemoSession:
+        return state if state is not None else DemoSession.new(work_root)
+
+    async def on_send(state: DemoSession | None, image_path: str | None, query: str, backend: str,
+                      url: str | None, model: str | None):
+        session = session_of(state)
+        choice = BackendChoice(kind="openai" if backend == OPENAI_LABEL else "offline",
+                               url=url, model=model)
+        async for screen in respond(session, image_path, query, choice, backends, out_dir):
+            final = None if screen.clear else screen.final if screen.final is not None else gr.skip()
+            files = None if screen.clear else screen.files or gr.skip()
+            yield session, screen.chat, screen.status, final, files
+
+    def on_stop(state: DemoSession | None):
+        return "Stopped. The turns so far are saved; the next request starts a new conversation."
+
+    def on_new(state: DemoSession | None):
+        session = session_of(state)
+        session.reset()
+        return session, [], "New conversation.", None, None
+
+    def on_backend(backend: str):
+        return gr.update(visible=backend == OPENAI_LABEL)
+
+    with gr.Blocks(title="segloop demo", analytics_enabled=False) as app:
+        state = gr.State(None)
+        gr.Markdown(f"## {TITLE}\n{INTRO}")
+        with gr.Row():
+            with gr.Column(scale=2, min_width=320):
+                image = gr.Image(label="Image", type="filepath", image_mode=None, sources=["upload", "clipboard"],
+                                 elem_id="input-image", height=320)
+                query = gr.Textbox(label="Request", placeholder="e.g. the medium striped circle", elem_id="query",
+                                   lines=1, max_lines=3)
+                with gr.Row():
+                    send = gr.Button("Segment", variant="primary", elem_id="send")
+                    stop = gr.Button("Stop", variant="stop", elem_id="stop")
+                    new = gr.Button("New conversation", elem_id="new")
+                if samples:
+                    gr.Examples(examples=[[str(path), text] for path, text in samples], inputs=[image, query],
+                                label="Samples (synthetic scenes)", elem_id="samples")
+                with gr.Accordion("Backend", open=False, elem_id="backend-box"):
+                    backend = gr.Radio([OFFLINE_LABEL, OPENAI_LABEL], value=OFFLINE_LABEL, label="Agent",
+                                       elem_id="backend")
+                    with gr.Group(visible=False) as server_box:
+                        url = gr.Textbox(label="Server URL", placeholder="http://localhost:8000/v1", elem_id="url")
+                        model = gr.Textbox(label="Model", placeholder="Qwen/Qwen2.5-VL-7B-Instruct", elem_id="model")
+                        gr.Markdown("An API key, if the server needs one, is read from `OPENAI_API_KEY` "
+                                    "in the environment the demo was started in.")
+                    gr.Markdown(f"Offline policy: `{backends.spec.policy}`; segmenter: "
+                                f"`{backends.spec.segmenter}`; at most {backends.spec.episode.max_turns} turns.")
+            with gr.Column(scale=3, min_width=400):
+                chat = gr.Chatbot(label="Agent turns", elem_id="turns", height=560, buttons=["copy"],
+                                  feedback_options=None, group_consecutive_messages=False)
+                status = gr.Markdown("Pick a sample or upload an image, then type a request.", elem_id="status")
+                with gr.Row():
+                    final = gr.Image(label="Final mask", elem_id="final-overlay", interactive=False, height=320,
+                                     format="png")
+                    files = gr.File(label="Download mask (PNG, COCO RLE JSON)", file_count="multiple",
+                                    elem_id="downloads", interactive=False)
+
+        inputs = [state, image, query, backend, url, model]
+        outputs = [state, chat, status, final, files]
+        run = send.click(on_send, inputs, outputs, concurrency_limit=None)
+        submitted = query.submit(on_send, inputs, outputs, concurrency_limit=None)
+        stop.click(on_stop, [state], [status], cancels=[run, submitted])
+        new.click(on_new, [state], outputs, cancels=[run, submitted])
+        backend.change(on_backend, [backend], [server_box])
+    return app

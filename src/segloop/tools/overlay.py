@@ -1,0 +1,138 @@
+"""What the model sees of a mask: the overlay drawn on the current view, and one line of statistics.
+
+Both work on the view's region only (the crop is cut first, then resized to the model frame), so a
+turn on a 2048x2048 or larger image costs what the view's model-size picture costs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from segloop.tools.images import as_rgb
+from segloop.tools.masks import box_of
+from segloop.tools.views import View, render_view, resize_mask_to_view
+
+FILL_RGB = (0, 255, 0)
+FILL_ALPHA = 0.4
+CONTOUR_RGB = (255, 255, 0)
+BOX_RGB = (0, 160, 255)
+POSITIVE_RGB = (0, 220, 0)
+NEGATIVE_RGB = (230, 0, 0)
+# Every channel value blended with the fill colour: (256, 1, 3) for cv2.LUT.
+_TINT = (np.arange(256, dtype=np.uint8)[:, None] * (1 - FILL_ALPHA)
+         + np.array(FILL_RGB, np.float32) * FILL_ALPHA).astype(np.uint8).reshape(256, 1, 3)
+
+
+def _check_mask(mask: np.ndarray, image_height: int, image_width: int) -> np.ndarray:
+    mask = np.asarray(mask)
+    if mask.shape != (image_height, image_width):
+        raise ValueError(f"mask is {mask.shape}, image is {(image_height, image_width)}; masks are image-sized")
+    return mask.astype(bool, copy=False)
+
+
+def _to_view_pixels(view: View, x: float, y: float) -> tuple[int, int]:
+    """Original pixel coordinates as integer pixels of the rendered view (not the coordinate frame)."""
+    return round((x - view.box.x1) * view.scale_x), round((y - view.box.y1) * view.scale_y)
+
+
+def render_overlay(image: np.ndarray, view: View, mask: np.ndarray | None,
+                   box: Sequence[float] | None = None, points: Sequence[Sequence[float]] = (),
+                   labels: Sequence[int] = (), *, base: np.ndarray | None = None) -> np.ndarray:
+    """The view rendered at its model size with the mask (image-sized bool, or None) as a translucent
+    green fill and a yellow contour, and the prompt that produced it: ``box`` and ``points`` in original
+    pixels, positive points (label 1) green, negative red. ``base`` is the view already rendered
+    (``render_view(image, view)``, left unchanged), which saves rendering it again."""
+    image = as_rgb(image)
+    height, width = image.shape[:2]
+    if len(points) != len(labels):
+        raise ValueError(f"{len(points)} points but {len(labels)} labels")
+    if base is not None and np.shape(base) != (view.height, view.width, 3):
+        raise ValueError(f"base is {np.shape(base)}, the view renders as {(view.height, view.width, 3)}")
+    canvas = (render_view(image, view) if base is None else base).copy()
+    if mask is not None:
+        small = resize_mask_to_view(_check_mask(mask, height, width), view)
+        bounds = box_of(small)
+        if bounds is not None:
+            # Tint through a lookup table, only inside the mask's box: the same pixels as blending in float
+            # for every masked pixel, 5-20x faster on a 1024-pixel view.
+            x1, y1, x2, y2 = bounds
+            region = canvas[y1:y2, x1:x2]
+            np.copyto(region, cv2.LUT(region, _TINT), where=small[y1:y2, x1:x2, None])
+            contours, _ = cv2.findContours(small.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+            cv2.drawContours(canvas, contours, -1, CONTOUR_RGB, thickness=max(1, round(view.width / 400)))
+    line = max(1, round(max(view.width, view.height) / 300))
+    if box is not None:
+        x1, y1, x2, y2 = (float(v) for v in box)
+        cv2.rectangle(canvas, _to_view_pixels(view, x1, y1), _to_view_pixels(view, x2, y2), BOX_RGB, line)
+    radius = max(3, round(max(view.width, view.height) / 100))
+    for (x, y), label in zip(points, labels, strict=True):
+        centre = _to_view_pixels(view, float(x), float(y))
+        colour = POSITIVE_RGB if label == 1 else NEGATIVE_RGB
+        # A white ring keeps the marker visible on any background.
+        cv2.circle(canvas, centre, radius + line, (255, 255, 255), thickness=-1)
+        cv2.circle(canvas, centre, radius, colour, thickness=-1)
+    return canvas
+
+
+class MaskStats(BaseModel):
+    """Facts about a candidate mask as seen from the current view. ``box`` is in the view's coordinate
+    frame (what the model writes), None when nothing of the mask is in view."""
+
+    model_config = ConfigDict(frozen=True)
+
+    view_share: float
+    image_share: float
+    outside_share: float
+    box: tuple[int, int, int, int] | None
+    components: int
+    touches_border: bool
+
+    def describe(self) -> str:
+        if self.image_share == 0:
+            return "mask is empty"
+        if self.box is None:
+            return f"mask covers {self.image_share:.2%} of the image, all of it outside this view"
+        x1, y1, x2, y2 = self.box
+        parts = "1 connected part" if self.components == 1 else f"{self.components} connected parts"
+        text = (f"mask covers {self.view_share:.2%} of the view ({self.image_share:.2%} of the image), "
+                f"box [{x1}, {y1}, {x2}, {y2}], {parts}")
+        if self.touches_border:
+            text += ", touches the view's edge"
+        if self.outside_share > 0:
+            share = f"{self.outside_share:.1%}" if self.outside_share >= 0.001 else "under 0.1%"
+            text += f", {share} of it lies outside the view"
+        return text
+
+
+def mask_stats(mask: np.ndarray, view: View, image_size: tuple[int, int]) -> MaskStats:
+    """Statistics of an image-sized bool ``mask`` for ``view``; ``image_size`` is (width, height)."""
+    width, height = image_size
+    mask = _check_mask(mask, height, width)
+    b = view.box
+    crop = mask[b.y1 : b.y2, b.x1 : b.x2]
+    in_view = int(np.count_nonzero(crop))
+    total = in_view if (b.width, b.height) == (width, height) else int(np.count_nonzero(mask))
+    box = None
+    components = 0
+    touches = False
+    if in_view:
+        cx1, cy1, cx2, cy2 = box_of(crop)
+        mx1, my1 = view.quantise(b.x1 + cx1, b.y1 + cy1)
+        mx2, my2 = view.quantise(b.x1 + cx2, b.y1 + cy2)
+        box = (mx1, my1, mx2, my2)
+        # Components are counted on the model-size mask: what the model can see as separate parts.
+        small = resize_mask_to_view(mask, view)
+        components = max(0, cv2.connectedComponents(small.astype(np.uint8), connectivity=8)[0] - 1)
+        touches = bool(crop[0].any() or crop[-1].any() or crop[:, 0].any() or crop[:, -1].any())
+    return MaskStats(
+        view_share=in_view / (b.width * b.height),
+        image_share=total / (width * height),
+        outside_share=(total - in_view) / total if total else 0.0,
+        box=box,
+        components=components,
+        touches_border=touches,
+    )
