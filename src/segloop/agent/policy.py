@@ -27,6 +27,11 @@ class ChatMessage(BaseModel):
     image_id: str | None = None
 
 
+class PolicyUnavailable(RuntimeError):
+    """The policy could not give a turn for a reason outside its own choices (a server down or refusing, a
+    model that cannot run): the episode failed; it did not answer."""
+
+
 @dataclass
 class PolicyContext:
     """What a policy is given on its turn.

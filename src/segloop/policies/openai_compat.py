@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from segloop.agent.policy import PolicyContext, PolicyTurn
+from segloop.agent.policy import PolicyContext, PolicyTurn, PolicyUnavailable
 from segloop.policies.chat import openai_messages
 from segloop.tools.encoding import data_url
 from segloop.tools.views import DEFAULT_MAX_SIDE, CoordFrame
@@ -35,7 +35,7 @@ from segloop.tools.views import DEFAULT_MAX_SIDE, CoordFrame
 _RETRY_STATUS = {429, 500, 502, 503, 504}
 
 
-class OpenAIPolicyError(RuntimeError):
+class OpenAIPolicyError(PolicyUnavailable):
     """The endpoint could not give a turn: unreachable, refused the request, or answered nonsense."""
 
 
