@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segloop.tools.images import ImageError, as_rgb, load_image, load_mask, save_image, save_mask
+from segloop.tools.images import ImageError, as_rgb, image_size, load_image, load_mask, save_image, save_mask
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -127,6 +127,31 @@ def test_too_large_images_are_refused_before_decoding(tmp_path: Path, monkeypatc
     monkeypatch.setattr("segloop.tools.images.MAX_IMAGE_PIXELS", 9_999)
     with pytest.raises(ImageError, match="pixel limit"):
         load_image(tmp_path / "big.png")
+
+
+def test_pils_decompression_bomb_guard_becomes_our_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """Item 12: PIL's multi-line DecompressionBombWarning never shows; an image over the limit is one clear line."""
+    import warnings
+
+    from segloop.cli import main as cli
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5_000)  # PIL's guard, scaled down to small test images
+    monkeypatch.setattr("segloop.tools.images.MAX_IMAGE_PIXELS", 30_000)  # ours
+    Image.new("RGB", (100, 80)).save(tmp_path / "large.png")  # over PIL's limit, under ours: loads quietly
+    Image.new("RGB", (200, 200)).save(tmp_path / "huge.png")  # over twice PIL's limit: PIL itself refuses it
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_image(tmp_path / "large.png").shape == (80, 100, 3)
+        assert image_size(tmp_path / "large.png") == (100, 80)
+    with pytest.raises(ImageError, match="larger than the 30,000-pixel limit"):
+        load_image(tmp_path / "huge.png")
+    with pytest.raises(ImageError, match="larger than the 30,000-pixel limit"):
+        image_size(tmp_path / "huge.png")
+    assert cli(["run", str(tmp_path / "huge.png"), "the red disc", "--out", str(tmp_path / "o"),
+                "--policy", "random"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"segloop run: {tmp_path / 'huge.png'}: larger than the 30,000-pixel limit"
 
 
 _MEASURE = """

@@ -7,6 +7,9 @@ Images become ``uint8`` RGB arrays of shape (H, W, 3) whatever the file holds (g
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +17,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from segloop.tools.encoding import encode_png
 
-# Largest image accepted, in pixels. PIL's own guard (~89 MP) is a warning below 2x and an obscure
-# error above; ours is explicit. A 10000x8000 photo (80 MP, 240 MB as RGB) is allowed.
+# Largest image accepted, in pixels. PIL's own guard (~89 MP) is a multi-line DecompressionBombWarning below
+# 2x and an obscure error above; ours is explicit: PIL's warning is silenced and anything over this limit is
+# refused in one line. A 10000x8000 photo (80 MP, 240 MB as RGB) is allowed.
 MAX_IMAGE_PIXELS = 120_000_000
 
 
@@ -29,6 +33,14 @@ class ImageError(ValueError):
     """An image or mask that cannot be used, with a message that says why."""
 
 
+@contextlib.contextmanager
+def _quiet_bomb_check() -> Iterator[None]:
+    """A context in which PIL's DecompressionBombWarning is silent (``MAX_IMAGE_PIXELS`` is the limit)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        yield
+
+
 def _open(path: str | Path) -> Image.Image:
     path = Path(path)
     if not path.exists():
@@ -36,16 +48,19 @@ def _open(path: str | Path) -> Image.Image:
     if path.is_dir():
         raise ImageError(f"{path}: is a directory, not an image")
     try:
-        img = Image.open(path)
-        width, height = img.size
-        if width * height > MAX_IMAGE_PIXELS:
-            raise ImageError(
-                f"{path}: {width}x{height} is larger than the {MAX_IMAGE_PIXELS:,}-pixel limit"
-            )
-        img.load()
+        with _quiet_bomb_check():
+            img = Image.open(path)
+            width, height = img.size
+            if width * height > MAX_IMAGE_PIXELS:
+                raise ImageError(
+                    f"{path}: {width}x{height} is larger than the {MAX_IMAGE_PIXELS:,}-pixel limit"
+                )
+            img.load()
     except ImageError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError:  # over twice PIL's own limit: PIL refuses before we see the size
+        raise ImageError(f"{path}: larger than the {MAX_IMAGE_PIXELS:,}-pixel limit") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"{path}: not a readable image ({exc})") from exc
     return img
 
@@ -91,7 +106,9 @@ def _rgb_in_strips(img: Image.Image) -> np.ndarray:
 
 def load_image(path: str | Path) -> np.ndarray:
     """The image at ``path`` as (H, W, 3) uint8 RGB."""
-    return to_rgb_array(_open(path))
+    img = _open(path)
+    with _quiet_bomb_check():
+        return to_rgb_array(img)
 
 
 def as_rgb(image: np.ndarray) -> np.ndarray:
@@ -142,8 +159,10 @@ def load_mask(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndar
 def image_size(path: str | Path) -> tuple[int, int]:
     """(width, height) of the image at ``path``, read from its header (the pixels are not decoded)."""
     try:
-        with Image.open(path) as img:
+        with _quiet_bomb_check(), Image.open(path) as img:
             return img.size
+    except Image.DecompressionBombError:
+        raise ImageError(f"{path}: larger than the {MAX_IMAGE_PIXELS:,}-pixel limit") from None
     except (UnidentifiedImageError, OSError) as exc:
         raise ImageError(f"{path}: not a readable image ({exc})") from exc
 

@@ -136,3 +136,80 @@ def mask_stats(mask: np.ndarray, view: View, image_size: tuple[int, int]) -> Mas
         components=components,
         touches_border=touches,
     )
+
+
+TRUTH_RGB = (255, 0, 255)
+INSET_RGB = (255, 255, 255)
+# A mask whose box is under this share of the picture's longer side gets a zoomed inset.
+INSET_BELOW = 0.2
+
+
+def _shrink_mask(mask: np.ndarray, width: int, height: int) -> np.ndarray:
+    """A bool mask at (width, height); any covered pixel stays visible however far it is shrunk."""
+    if mask.shape == (height, width):
+        return mask
+    area = cv2.resize(mask.astype(np.float32), (width, height), interpolation=cv2.INTER_AREA)
+    return area > 0
+
+
+def _outline(canvas: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int], thickness: int) -> None:
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    cv2.drawContours(canvas, contours, -1, colour, thickness=thickness)
+
+
+def result_picture(image: np.ndarray, mask: np.ndarray | None = None, truth: np.ndarray | None = None, *,
+                   max_side: int = 1024, inset: bool = True) -> np.ndarray:
+    """A picture of an episode's result for a person: the image (shrunk to ``max_side``), the mask as a
+    green fill with a thick yellow outline, the ground truth (when given) as a magenta outline, and, when
+    ``inset`` and the mask (or, without one, the truth) is small, a zoomed view of its surroundings in the
+    corner farthest from it, its region marked on the image. A small target stays visible at a glance."""
+    image = as_rgb(image)
+    height, width = image.shape[:2]
+    scale = min(1.0, max_side / max(height, width))
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    canvas = image.copy() if scale == 1.0 else cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    small_w, small_h = size
+    thickness = max(2, round(max(size) / 250))
+    layers = []
+    if mask is not None:
+        small = _shrink_mask(_check_mask(mask, height, width), small_w, small_h)
+        canvas[small] = cv2.LUT(canvas[small][:, None, :], _TINT)[:, 0, :] if small.any() else canvas[small]
+        layers.append((small, CONTOUR_RGB))
+    if truth is not None:
+        layers.append((_shrink_mask(_check_mask(truth, height, width), small_w, small_h), TRUTH_RGB))
+    clean = canvas.copy()
+    for layer, colour in layers:
+        _outline(canvas, layer, colour, thickness)
+    focus = next((box_of(layer) for layer, _ in layers if layer.any()), None)
+    if not inset or focus is None:
+        return canvas
+    x1, y1, x2, y2 = focus
+    longer = max(small_w, small_h)
+    if max(x2 - x1, y2 - y1) >= INSET_BELOW * longer:
+        return canvas
+    # The region around the target: four times its size (at least 24 pixels), kept inside the picture.
+    side = min(max(4 * max(x2 - x1, y2 - y1), 24), small_w, small_h)
+    cx, cy = (x1 + x2) // 2, (y1 + y2) // 2
+    rx1 = min(max(cx - side // 2, 0), small_w - side)
+    ry1 = min(max(cy - side // 2, 0), small_h - side)
+    inset_side = max(side, round(0.4 * min(small_w, small_h)))
+    zoomed = cv2.resize(clean[ry1 : ry1 + side, rx1 : rx1 + side], (inset_side, inset_side),
+                        interpolation=cv2.INTER_NEAREST)
+    inset_thickness = max(2, round(inset_side / 120))
+    for layer, colour in layers:
+        crop = cv2.resize(layer[ry1 : ry1 + side, rx1 : rx1 + side].astype(np.uint8), (inset_side, inset_side),
+                          interpolation=cv2.INTER_NEAREST)
+        _outline(zoomed, crop, colour, inset_thickness)
+    cv2.rectangle(canvas, (rx1, ry1), (rx1 + side - 1, ry1 + side - 1), INSET_RGB, max(1, thickness // 2))
+    # The corner farthest from the target.
+    left = cx >= small_w / 2
+    top = cy >= small_h / 2
+    margin = max(2, thickness)
+    ix = margin if left else small_w - inset_side - margin
+    iy = margin if top else small_h - inset_side - margin
+    ix, iy = max(0, ix), max(0, iy)
+    inset_w = min(inset_side, small_w - ix)
+    inset_h = min(inset_side, small_h - iy)
+    canvas[iy : iy + inset_h, ix : ix + inset_w] = zoomed[:inset_h, :inset_w]
+    cv2.rectangle(canvas, (ix, iy), (ix + inset_w - 1, iy + inset_h - 1), INSET_RGB, margin)
+    return canvas
