@@ -158,12 +158,30 @@ def test_submit_without_candidate_and_no_target_give_empty_masks(segmenter):
     assert result.trajectory.no_target
 
 
+def test_an_empty_mask_without_no_target_is_flagged_empty_not_no_such_object(segmenter):
+    """Item 1: an empty answer is not "no such object", and neither reads as a normal submission."""
+    image, _ = scene()
+    empty = run(Agent(Replay([call("submit")], max_side=240), segmenter), image).trajectory
+    assert empty.empty and not empty.no_target and empty.submitted
+    assert "submitted an EMPTY mask" in empty.outcome()
+    none = run(Agent(Replay([call("submit", no_target=True)], max_side=240), segmenter), image).trajectory
+    assert none.no_target and not none.empty and none.outcome().startswith("no such object")
+    spent = run(Agent(Replay([call("inspect_mask")] * 3, max_side=240), segmenter, EpisodeConfig(max_turns=2)),
+                image).trajectory
+    assert spent.budget_spent and spent.empty and "EMPTY mask" in spent.outcome()
+    found = run(Agent(Replay([call("segment", bbox_2d=[150, 40, 190, 80])], max_side=240), segmenter), image)
+    assert not found.trajectory.empty and found.trajectory.outcome().startswith("submitted a mask of")
+    assert json.loads(found.trajectory.model_dump_json())["empty"] is False
+
+
 def test_policy_exception_ends_the_episode_with_its_candidate(segmenter):
     image, truth = scene()
     policy = Replay([call("segment", bbox_2d=[150, 40, 190, 80]), "RAISE"], max_side=240)
     result = run(Agent(policy, segmenter), image, episode_id="crash")
     t = result.trajectory
     assert "ConnectionError: server down" in t.policy_error
+    assert t.failure is not None and t.failure.kind == "policy" and "server down" in t.failure.reason
+    assert t.failed and not t.empty and t.outcome().startswith("FAILED after 1 turn (policy: ConnectionError")
     assert len(t.turns) == 1 and not t.submitted and iou(result.mask, truth) > 0.7
     assert policy.ended == ["crash"] and t.ledger == {"ledger_of": "crash"}
 
@@ -210,6 +228,33 @@ def test_any_image_kind_runs(segmenter, kind):
         image = image.astype(np.uint16) * 257
     result = run(Agent(OraclePolicy(max_side=256), segmenter), image, ground_truth=truth)
     assert result.mask.shape == truth.shape and result.trajectory.submitted
+
+
+@pytest.mark.parametrize("size", [(1, 1), (20, 400), (27, 27)])
+def test_a_tiny_image_is_refused_before_any_turn(segmenter, size):
+    """Item 12: an image too small to zoom into is one clear refusal, not a run of refused zooms."""
+    from segloop.agent.episode import MIN_IMAGE_SIDE
+    from segloop.tools.images import ImageError
+
+    policy = Replay([call("zoom_in", bbox_2d=[0, 0, 1, 1])] * 7)
+    height, width = size
+    with pytest.raises(ImageError, match=f"{width}x{height} pixels, too small.*at least {MIN_IMAGE_SIDE} pixels"):
+        run(Agent(policy, segmenter), np.zeros((height, width, 3), np.uint8))
+    assert policy.contexts == []
+    smallest = np.zeros((MIN_IMAGE_SIDE, MIN_IMAGE_SIDE, 3), np.uint8)
+    assert run(Agent(Replay([]), segmenter), smallest).trajectory.submitted
+
+
+def test_the_words_a_policy_cannot_read_are_recorded(segmenter):
+    """Item 7: an optional ``unknown_words`` of the policy goes into the record; policies without it read all."""
+    class ClosedVocabulary(Replay):
+        def unknown_words(self, query: str) -> list[str]:
+            return [w for w in query.split() if w not in {"the", "red", "disc"}]
+
+    image, _ = scene()
+    t = run(Agent(ClosedVocabulary([]), segmenter), image, query="the red bus bus").trajectory
+    assert t.unknown_words == ["bus"]
+    assert run(Agent(Replay([]), segmenter), image, query="the red bus").trajectory.unknown_words == []
 
 
 def test_empty_query_and_bad_ground_truth_fail_before_the_episode(segmenter):
@@ -263,7 +308,9 @@ def test_in_memory_checkpointer_continues_a_conversation(segmenter):
     assert roles[:2] == ["system", "user"] and roles.count("user") == 2
     assert "New request: now the green square" in context.messages[-1].content
     zoomed = first.trajectory.turns[1].view_box
-    assert zoomed != (0, 0, 240, 180) and context.view.box.as_tuple() == zoomed  # the first request's zoom is kept
+    # A follow-up is a new request: it looks again from the whole image, with no candidate.
+    assert zoomed != (0, 0, 240, 180) and context.view.box.as_tuple() == (0, 0, 240, 180)
+    assert context.view_depth == 0 and context.candidate is None
     assert all(m.image_id in context.images for m in context.messages if m.image_id)
     assert first.trajectory.episode_id == "a" and [t.turn for t in second.trajectory.turns] == [0, 1]
     assert "no candidate mask" in second.trajectory.turns[0].error
@@ -295,9 +342,9 @@ def test_sqlite_checkpointer_round_trips_state_across_agents(segmenter, tmp_path
     context = replay.contexts[0]
     assert len(context.messages) == len(state["messages"]) + 1
     assert all(m.image_id in context.images for m in context.messages if m.image_id)
-    assert follow.trajectory.turns[0].error is None
-    assert "Candidate: mask covers" in follow.trajectory.turns[0].observation
-    assert iou(follow.mask, truth) > 0.8
+    # The follow-up looks again: the first request's candidate is not carried over.
+    assert "no candidate mask" in follow.trajectory.turns[0].error
+    assert not follow.mask.any()
 
 
 def test_bench_agent_reports_overhead_without_policy_and_segmenter_time(capsys):
@@ -325,7 +372,7 @@ def test_a_thread_runs_one_episode_at_a_time(segmenter):
     assert isinstance(run(agent, image, episode_id="same"), EpisodeResult)  # free again afterwards
 
 
-def test_a_segmenter_failure_is_an_error_observation():
+def test_a_segmenter_crash_fails_the_episode_and_a_refused_prompt_costs_a_turn():
     from segloop.tools.segmenters.base import Segmenter
 
     class Broken(Segmenter):
@@ -336,6 +383,15 @@ def test_a_segmenter_failure_is_an_error_observation():
             raise MemoryError("out of memory")
 
     image, _ = scene()
-    result = run(Agent(Replay([call("segment", bbox_2d=[10, 10, 50, 50])]), Broken()), image)
-    assert "segmenter failed on this prompt (MemoryError: out of memory)" in result.trajectory.turns[0].error
-    assert result.trajectory.submitted
+    texts = [call("segment", bbox_2d=[10, 10, 50, 50]), call("segment", bbox_2d=[60, 60, 80, 80])]
+    result = run(Agent(Replay(texts), Broken()), image)
+    t = result.trajectory
+    assert t.failure is not None and t.failure.kind == "segmenter" and "MemoryError: out of memory" in t.failure.reason
+    assert t.failed and len(t.turns) == 1 and not t.submitted and not t.empty
+    assert "FAILED" in t.outcome() and "segmenter" in t.outcome()
+    # A prompt the segmenter refuses (points outside the view's region) is the call's fault: an error observation.
+    refused = run(Agent(Replay([call("segment", points_2d=[[500, 500]], point_labels=[1])]), build_segmenter("box")),
+                  image)
+    assert refused.trajectory.turns[0].error and refused.trajectory.failure is None and refused.trajectory.submitted
+
+

@@ -31,7 +31,8 @@ def test_user_and_observation_texts_state_the_view():
     view = full_view(2000, 1000, max_side=448)
     assert first_user_text("the cat", view) == (
         "Request: the cat\nThe image is shown as view 448x224 pixels, showing original region [0, 0, 2000, 1000].")
-    assert follow_up_text("the dog", view).startswith("New request: the dog\nCurrent view 448x224")
+    assert follow_up_text("the dog", view).startswith(
+        "New request: the dog\nLook again: the candidate mask is cleared. Current view 448x224")
     text = observation_text("Zoomed out.", view, 3)
     assert text.startswith("Zoomed out.\n") and text.endswith("Turns left: 3.") and "448x224" in text
     assert error_text("bad box") == "Error: bad box"

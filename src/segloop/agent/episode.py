@@ -20,7 +20,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, Literal, TypedDict
 
 import numpy as np
 from langgraph.graph import END, START, StateGraph
@@ -28,16 +28,29 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from segloop.agent import prompts
 from segloop.agent.actions import InspectMask, Segment, Submit, ZoomIn, ZoomOut, format_call, parse_turn
-from segloop.agent.policy import ChatMessage, Policy, PolicyContext
-from segloop.tools.images import as_rgb, save_image, save_mask
+from segloop.agent.policy import ChatMessage, Policy, PolicyContext, unknown_words
+from segloop.tools.images import ImageError, as_rgb, save_image, save_mask
 from segloop.tools.masks import rle_decode, rle_encode
 from segloop.tools.overlay import mask_stats, render_overlay
 from segloop.tools.segmenters import Prompt, Segmenter, SegmenterError
-from segloop.tools.views import PixelBox, View, ViewError, ViewStack, ZoomLimits, check_point, model_size, render_view
+from segloop.tools.views import (
+    SIDE_MULTIPLE,
+    PixelBox,
+    View,
+    ViewError,
+    ViewStack,
+    ZoomLimits,
+    check_point,
+    model_size,
+    render_view,
+)
 
 # Segmenter cache keys: unique per workspace image within the process (a counter, not uuid4: os.urandom
 # showed up at ~0.5 ms per call on a loaded machine).
 _IMAGE_KEYS = itertools.count()
+# The smallest image side an episode accepts: a vision-language model sees images in 28-pixel tiles, and a
+# smaller image leaves nothing to zoom into (every zoom would be refused, turn after turn).
+MIN_IMAGE_SIDE = SIDE_MULTIPLE
 
 
 class EpisodeConfig(BaseModel):
@@ -78,8 +91,29 @@ class TurnRecord(BaseModel):
     policy_info: dict[str, Any] = Field(default_factory=dict)
 
 
+FailureKind = Literal["policy", "segmenter", "image"]
+
+
+class Failure(BaseModel):
+    """Why an episode could not be run to its end: the policy could not give a turn (a server down, retries
+    exhausted, a model that crashed), the segmenter crashed, or the image could not be used. A failed
+    episode is not an answer: it is counted apart from the answers and run again on resume."""
+
+    kind: FailureKind
+    reason: str
+
+    def describe(self) -> str:
+        return f"{self.kind}: {self.reason}"
+
+
 class Trajectory(BaseModel):
-    """The JSON record of an episode; ``ledger`` (the policy's ``end_episode`` value) stays in memory."""
+    """The JSON record of an episode; ``ledger`` (the policy's ``end_episode`` value) stays in memory.
+
+    How it ended, one of: ``failure`` (not an answer, see ``Failure``), ``stopped`` (cancelled from
+    outside), ``no_target`` (the agent says there is no such object), ``empty`` (its answer is an empty
+    mask although it did not say "no such object"), or a mask, ``submitted`` or left as the last candidate
+    when the turn budget was spent. ``unknown_words`` are the query's words the policy cannot read (a
+    closed-vocabulary policy; see ``segloop.agent.policy.unknown_words``)."""
 
     episode_id: str
     thread_id: str
@@ -94,13 +128,37 @@ class Trajectory(BaseModel):
     no_target: bool = False
     budget_spent: bool = False
     policy_error: str | None = None
+    failure: Failure | None = None
     stopped: bool = False  # cancelled from outside (the demo's stop button) before it ended
+    empty: bool = False
+    unknown_words: list[str] = Field(default_factory=list)
     tool_counts: dict[str, int] = Field(default_factory=dict)
     invalid_actions: int = 0
     final_mask_rle: dict[str, Any]
     final_area_share: float = 0.0
     seconds: float = 0.0
     ledger: Any = Field(default=None, exclude=True)
+
+    @property
+    def failed(self) -> bool:
+        return self.failure is not None
+
+    def outcome(self) -> str:
+        """How the episode ended, in a few words: what ``segloop run``, the batch report and the demo say."""
+        turns = f"{len(self.turns)} turn{'s' if len(self.turns) != 1 else ''}"
+        if self.failure is not None:
+            return f"FAILED after {turns} ({self.failure.describe()})"
+        if self.stopped:
+            return f"stopped after {turns}"
+        if self.no_target:
+            return f"no such object (the agent says it is not in the image), {turns}"
+        if self.submitted:
+            if self.empty:
+                return f"submitted an EMPTY mask (without saying 'no such object'), {turns}"
+            return f"submitted a mask of {self.final_area_share:.2%} of the image, {turns}"
+        if self.empty:
+            return f"turn budget spent ({turns}); the last candidate is an EMPTY mask"
+        return f"turn budget spent ({turns}); the last candidate, {self.final_area_share:.2%} of the image, is kept"
 
 
 @dataclass
@@ -147,8 +205,13 @@ class EpisodeState(TypedDict):
     no_target: bool
     budget_spent: bool
     policy_error: str | None
+    failure: dict[str, str] | None
     tool_counts: dict[str, int]
     invalid_actions: int
+
+
+class _SegmenterCrashed(Exception):
+    """The segmenter's backend raised (CUDA, out of memory, a bug): the episode fails; it is not the call's fault."""
 
 
 @dataclass
@@ -211,7 +274,8 @@ class Agent:
             answer = await self.policy.act(context)
             text = answer.text if isinstance(answer.text, str) else str(answer.text)
         except Exception as exc:  # a policy failure (server down, bad model) ends the episode, not the caller
-            return {"done": True, "policy_error": f"{type(exc).__name__}: {exc}"[:500]}
+            reason = f"{type(exc).__name__}: {exc}"[:500]
+            return {"done": True, "policy_error": reason, "failure": {"kind": "policy", "reason": reason}}
         policy_s = time.perf_counter() - tic
         messages = [*state["messages"], {"role": "assistant", "content": text, "image_id": None}]
         pending = {"text": text, "policy_s": policy_s, "info": answer.info}
@@ -236,10 +300,13 @@ class Agent:
                 result, image = await self._execute(parsed.action, state, ws, stack, update)
             except (ViewError, SegmenterError, ValueError) as exc:
                 error = str(exc)
+            except _SegmenterCrashed as exc:
+                error = str(exc)
+                update.update(done=True, failure={"kind": "segmenter", "reason": error})
         if error is not None:
             result = prompts.error_text(error)
         turn = state["turn"] + 1
-        done = bool(update.get("submitted"))
+        done = bool(update.get("submitted")) or bool(update.get("failure"))
         if not done and turn >= state["max_turns"]:
             update.update(done=True, submitted=False, budget_spent=True)
             done = True
@@ -308,9 +375,9 @@ class Agent:
         try:
             mask = await asyncio.to_thread(self.segmenter.segment, ws.image, ws.image_key, view.box, prompt)
         except SegmenterError:
-            raise
-        except Exception as exc:  # a backend failure (cv2, CUDA) answers this call, it does not end the episode
-            raise SegmenterError(f"the segmenter failed on this prompt ({type(exc).__name__}: {exc})"[:300]) from exc
+            raise  # a prompt the segmenter cannot take: the call is answered with why
+        except Exception as exc:  # the backend itself failed (CUDA, memory, a bug): the episode cannot go on
+            raise _SegmenterCrashed(f"the segmenter failed ({type(exc).__name__}: {exc})"[:300]) from exc
         rle = rle_encode(mask)
         ws.candidate_counts, ws.candidate = rle["counts"], mask
         update["candidate"] = rle
@@ -371,6 +438,9 @@ class Agent:
             raise ValueError("the query is empty; say what to segment")
         image = as_rgb(np.asarray(image))
         height, width = image.shape[:2]
+        if min(height, width) < MIN_IMAGE_SIDE:
+            raise ImageError(f"the image is {width}x{height} pixels, too small to look at and zoom into; an "
+                             f"episode needs at least {MIN_IMAGE_SIDE} pixels on each side")
         for name, mask in (("ground_truth", ground_truth), ("ignore", ignore)):
             if mask is not None and np.shape(mask) != (height, width):
                 raise ValueError(f"{name} is {np.shape(mask)}, image is {(height, width)}")
@@ -423,15 +493,19 @@ class Agent:
                 raise ValueError(f"thread {thread_id!r} is about a {previous['image_size'][0]}x"
                                  f"{previous['image_size'][1]} image, not {width}x{height}; start a new thread")
             self._keep_workspace(thread_id, image, previous)
-            view = self._view(previous["views"][-1])
+            # A follow-up is a new request on the same image: the agent looks again from the whole image,
+            # with no candidate. The conversation so far stays in the transcript (it may inform a model),
+            # but the new request decides the target.
+            view = self._view(previous["views"][0])
             picture_id = f"{episode_id}/request"
             self._workspaces[thread_id].images[picture_id] = _render(self._workspaces[thread_id], view)
             message = {"role": "user", "content": prompts.follow_up_text(query, view), "image_id": picture_id}
             return EpisodeState(
                 **{**previous, "episode_id": episode_id, "query": query, "turn": 0, "max_turns": self.config.max_turns,
+                   "views": [list(view.box.as_tuple())], "candidate": None,
                    "pending": None, "records": [], "done": False, "submitted": False, "no_target": False,
-                   "budget_spent": False, "policy_error": None, "tool_counts": {}, "invalid_actions": 0,
-                   "messages": [*previous["messages"], message],
+                   "budget_spent": False, "policy_error": None, "failure": None, "tool_counts": {},
+                   "invalid_actions": 0, "messages": [*previous["messages"], message],
                    "image_views": {**previous["image_views"], picture_id: list(view.box.as_tuple())}},
             )
         stack = ViewStack(width, height, self.policy.max_side, self.policy.frame, self._limits)
@@ -449,7 +523,7 @@ class Agent:
             ],
             image_views={picture_id: list(view.box.as_tuple())}, turn=0, max_turns=self.config.max_turns,
             pending=None, records=[], done=False, submitted=False, no_target=False, budget_spent=False,
-            policy_error=None, tool_counts={}, invalid_actions=0,
+            policy_error=None, failure=None, tool_counts={}, invalid_actions=0,
         )
 
     def _keep_workspace(self, thread_id: str, image: np.ndarray, previous: dict[str, Any] | None) -> None:
@@ -493,13 +567,17 @@ class Agent:
         else:
             mask = np.zeros((height, width), dtype=bool)
             rle = rle_encode(mask)
+        failure = state.get("failure")
+        no_target = bool(state.get("no_target"))
         trajectory = Trajectory(
             episode_id=state["episode_id"], thread_id=state["thread_id"], query=state["query"],
             image_size=(width, height), policy=self.policy.name, frame=self.policy.frame,
             max_side=self.policy.max_side, max_turns=state["max_turns"],
             turns=[TurnRecord(**r) for r in state["records"]], submitted=bool(state.get("submitted")),
-            no_target=bool(state.get("no_target")), budget_spent=bool(state.get("budget_spent")),
-            policy_error=state.get("policy_error"), tool_counts=dict(state["tool_counts"]),
+            no_target=no_target, budget_spent=bool(state.get("budget_spent")),
+            policy_error=state.get("policy_error"), failure=Failure(**failure) if failure else None,
+            empty=not failure and not no_target and not mask.any(),
+            unknown_words=unknown_words(self.policy, state["query"]), tool_counts=dict(state["tool_counts"]),
             invalid_actions=state["invalid_actions"], final_mask_rle=rle,
             final_area_share=np.count_nonzero(mask) / mask.size if mask.size else 0.0, seconds=seconds, ledger=ledger,
         )

@@ -84,3 +84,16 @@ class Policy(Protocol):
     def end_episode(self, episode_id: str) -> Any:
         """Free the episode's state; return its training record (token ledger) or None."""
         ...
+
+    # Optional: ``unknown_words(query: str) -> list[str]``, the words of ``query`` a closed-vocabulary policy
+    # cannot read (the compact policy knows only the words it was trained on). A policy without it reads any
+    # words. The episode records them and ``run``, ``batch`` and the demo say so; see ``unknown_words`` below.
+
+
+def unknown_words(policy: object, query: str) -> list[str]:
+    """The words of ``query`` that ``policy`` says it cannot read, each once, in query order; [] for a
+    policy that reads any words (one without an ``unknown_words`` method)."""
+    method = getattr(policy, "unknown_words", None)
+    if method is None:
+        return []
+    return list(dict.fromkeys(str(word) for word in method(query)))

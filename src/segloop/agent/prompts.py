@@ -58,8 +58,9 @@ def first_user_text(query: str, view: View) -> str:
 
 
 def follow_up_text(query: str, view: View) -> str:
-    """A later request in the same conversation (same image): it starts from the current view and mask."""
-    return f"New request: {query}\nCurrent {view.describe()}."
+    """A later request in the same conversation (same image): it starts afresh from the whole image, with no
+    candidate mask; the earlier turns stay in the conversation."""
+    return f"New request: {query}\nLook again: the candidate mask is cleared. Current {view.describe()}."
 
 
 def observation_text(result: str, view: View, turns_left: int) -> str:

@@ -37,6 +37,7 @@ from segloop.policies.compact.network import (
     CompactConfig,
     CompactNet,
     build_vocabulary,
+    words,
 )
 from segloop.policies.learnable import DecisionLogProbs
 from segloop.tools.views import View, resize_mask_to_view
@@ -134,6 +135,11 @@ class CompactPolicy:
         self.net.train(mode)
         return self
 
+    def unknown_words(self, query: str) -> list[str]:
+        """The query's words outside the vocabulary (the network reads each as ``<unk>``)."""
+        known = set(self.config.vocabulary)
+        return [w for w in dict.fromkeys(words(query)) if w not in known]
+
     # -- inputs ---------------------------------------------------------------------------------------
     def _episode(self, context: PolicyContext) -> _Episode:
         episode = self._episodes.get(context.episode_id)
@@ -174,6 +180,8 @@ class CompactPolicy:
         state = torch.zeros(STATE_SIZE)
         previous = "none"
         for message in reversed(context.messages):
+            if message.role == "user":  # a follow-up request starts afresh: earlier requests' turns do not count
+                break
             if message.role == "assistant":
                 parsed = parse_turn(message.content)
                 if parsed.action is None:
