@@ -1,21 +1,36 @@
 """``segloop batch``: agent episodes over a dataset, at most N in flight, scored and resumable.
 
-Each finished episode is one line of ``DIR/trajectories.jsonl``, appended, flushed and fsynced at once,
-so a run killed at any moment loses at most the episodes in flight; re-running into the same folder
-skips every sample already there. A line torn by the kill (no newline, or not JSON) is cut off first.
-``DIR/metrics.json`` and ``DIR/report.html`` are rewritten from the whole file at the end.
+Each episode is one line of ``DIR/trajectories.jsonl``, appended, flushed and fsynced at once, so a run
+killed at any moment loses at most the episodes in flight. A line torn by the kill (no newline, or not JSON)
+is cut off first. Reading keeps the last line of each sample id.
+
+An episode that could not be run to its end (the policy failed: a server down, retries exhausted; the
+segmenter crashed; the image could not be used) is a *failed* record, never an answer: it carries a
+``failure`` (kind and reason), counts as IoU 0 in the metrics and separately as ``failed``, and re-running
+into the same folder runs it again (with every sample not yet there); answered samples are skipped.
+
+``DIR/run.json`` records what made the results (the configuration: policy, model, options, segmenter, episode
+settings, data) and every run into the folder (segloop version, git commit, host, start and end). A batch
+with another configuration refuses the folder; one process at a time writes to it (``DIR/.segloop.lock``).
+``DIR/metrics.json`` and ``DIR/report.html`` are rewritten from the whole file at the end, with that record.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import os
 import sys
 import time
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from segloop.agent.provenance import differences, environment, now
 from segloop.agent.stats import episode_stats
 from segloop.tools.masks import Metrics, SampleScore, score_sample
 
@@ -24,15 +39,19 @@ if TYPE_CHECKING:
     from segloop.agent.sample import Sample
 
 TRAJECTORIES = "trajectories.jsonl"
+RUN_FILE = "run.json"
+LOCK_FILE = ".segloop.lock"
 
 
 class BatchError(ValueError):
-    """A batch that cannot run or resume (bad folder contents, bad options)."""
+    """A batch that cannot run or resume (bad folder contents, another configuration's results, a folder
+    another process writes to, bad options)."""
 
 
 def read_finished(path: Path) -> list[dict[str, Any]]:
-    """The finished episodes in ``path``; a torn last line is cut from the file. A broken line before
-    the last one is not a kill's trace: that is an error."""
+    """The episode records in ``path``, one per sample id (the last line of each: a failed episode run
+    again, or a line written twice, counts once); a torn last line is cut from the file. A broken line
+    before the last one is not a kill's trace: that is an error."""
     if not path.exists():
         return []
     data = path.read_bytes()
@@ -59,7 +78,74 @@ def read_finished(path: Path) -> list[dict[str, Any]]:
     if good_bytes < len(data):
         with path.open("r+b") as handle:
             handle.truncate(good_bytes)
-    return records
+    latest: dict[str, dict[str, Any]] = {}
+    for record in records:
+        latest.pop(record["sample_id"], None)  # the last line of a sample decides, in the order lines were written
+        latest[record["sample_id"]] = record
+    return list(latest.values())
+
+
+def failed(record: dict[str, Any]) -> bool:
+    """Whether a record is a failed episode (not an answer)."""
+    return record.get("failure") is not None
+
+
+class FolderLock:
+    """One writer per batch folder: an exclusive ``flock`` on ``DIR/.segloop.lock`` (which holds the
+    writer's pid), released when the process ends however it ends."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._handle: Any = None
+
+    def __enter__(self) -> FolderLock:
+        handle = (self.folder / LOCK_FILE).open("a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise BatchError(f"another segloop batch (pid {holder}) is writing to {self.folder}; wait for it to "
+                             "end or choose another --out") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self._handle = handle
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._handle.truncate(0)
+        fcntl.flock(self._handle, fcntl.LOCK_UN)
+        self._handle.close()
+
+
+def _read_run(out: Path, configuration: dict[str, Any], has_records: bool) -> dict[str, Any]:
+    """``run.json`` of the folder, or a new one; refuses a folder whose results another configuration made."""
+    path = out / RUN_FILE
+    if not path.exists():
+        if has_records:
+            raise BatchError(f"{out} holds results with no record of what made them ({RUN_FILE} is missing: an "
+                             "older segloop, or another tool); choose another --out")
+        return {"configuration": configuration, "runs": []}
+    try:
+        run = json.loads(path.read_text())
+        recorded = run["configuration"]
+    except (ValueError, KeyError, TypeError):
+        raise BatchError(f"{path} is not a segloop batch record; choose another --out") from None
+    if recorded != configuration:
+        changed = "; ".join(differences(recorded, configuration))
+        raise BatchError(f"{out} holds results of a different configuration ({changed}); choose another --out, "
+                         "or run the same configuration to resume")
+    return run
+
+
+def _write_json(path: Path, value: Any) -> None:
+    """Write through a temporary file and rename, so a kill never leaves half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=1))
+    os.replace(tmp, path)
 
 
 class _Writer:
@@ -99,45 +185,90 @@ class _Writer:
             self._handle.close()
 
 
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 async def run_batch(agent: Agent, samples: list[Sample], out: Path, concurrency: int = 4,
-                    progress: bool = True, save_overlays: bool = True) -> dict[str, Any]:
-    """Run every sample not yet in ``out``; write lines, per-episode folders, metrics and the report.
-    Returns the metrics."""
-    from tqdm import tqdm
+                    progress: bool = True, save_overlays: bool = True, *,
+                    configuration: dict[str, Any] | None = None, policy_settings: dict[str, Any] | None = None,
+                    log: Callable[[str], None] = _stderr) -> dict[str, Any]:
+    """Run every sample of ``samples`` not yet answered in ``out`` (new ones and failed ones); write lines,
+    per-episode folders, ``run.json``, metrics and the report. Returns the metrics (``metrics["provenance"]``
+    says what made them).
 
-    from segloop.agent.episode import episode_folder, save_episode
-
+    ``configuration`` is what decides the episodes (the CLI gives the ``AgentSpec`` and the data spec);
+    resuming a folder made by another configuration raises ``BatchError``. ``policy_settings`` are the
+    built policy's effective settings (sampling, server), recorded but not compared."""
     if concurrency < 1:
         raise BatchError("--concurrency must be at least 1")
+    if configuration is None:
+        configuration = {"agent": {"policy": agent.policy.name, "episode": agent.config.model_dump(mode="json")}}
     out.mkdir(parents=True, exist_ok=True)
-    finished = read_finished(out / TRAJECTORIES)
-    done = {r["sample_id"] for r in finished}
-    todo = [s for s in samples if s.id not in done]
+    with FolderLock(out):
+        return await _run_locked(agent, samples, out, concurrency, progress, save_overlays, configuration,
+                                 policy_settings or {}, log)
+
+
+async def _run_locked(agent: Agent, samples: list[Sample], out: Path, concurrency: int, progress: bool,
+                      save_overlays: bool, configuration: dict[str, Any], policy_settings: dict[str, Any],
+                      log: Callable[[str], None]) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    finished = {r["sample_id"]: r for r in read_finished(out / TRAJECTORIES)}
+    run = _read_run(out, configuration, bool(finished))
+    answered = {i for i, r in finished.items() if not failed(r)}
+    retry = [s for s in samples if s.id in finished and s.id not in answered]
+    todo = [s for s in samples if s.id not in answered]
+    if finished:
+        parts = [f"resuming {out}: {len(answered)} episodes already answered"]
+        if retry:
+            parts.append(f"{len(retry)} failed earlier and run again")
+        parts.append(f"{len(todo) - len(retry)} new")
+        log(", ".join(parts))
+    this_run = {"started": now(), **environment(), "pid": os.getpid(), "episodes_run": 0, "ended": None}
+    run["runs"].append(this_run)
+    _write_json(out / RUN_FILE, run)
+
     writer = _Writer(out / TRAJECTORIES)
     bar = tqdm(total=len(samples), initial=len(samples) - len(todo), disable=not progress, unit="ep",
                desc="episodes", file=sys.stderr)
     queue = iter(todo)
     started = time.perf_counter()
+    ran = 0
 
     async def one(sample: Any) -> dict[str, Any]:
+        from segloop.agent.episode import episode_folder, save_episode
+
+        base = {"sample_id": sample.id, "kind": sample.kind, "query": sample.query}
         try:
             image, truth, ignore = await asyncio.to_thread(_load, sample)
-        except (OSError, ValueError) as exc:
-            return {"sample_id": sample.id, "kind": sample.kind, "error": f"{type(exc).__name__}: {exc}"[:300]}
-        result = await agent.run(image, sample.query, episode_id=sample.id,
-                                 ground_truth=truth, ignore=ignore)
+            result = await agent.run(image, sample.query, episode_id=sample.id, ground_truth=truth, ignore=ignore)
+        except (OSError, ValueError) as exc:  # ImageError is a ValueError; so is a mask of the wrong size
+            reason = f"{type(exc).__name__}: {exc}"[:300]
+            return {**base, "iou": 0.0, "intersection": 0, "union": 0, "size_class": "unknown",
+                    "failure": {"kind": "image", "reason": reason}}
+        t = result.trajectory
         score = score_sample(sample.id, result.mask, truth, ignore, kind=sample.kind)
         if save_overlays:
-            await asyncio.to_thread(save_episode, result, out / "episodes" / episode_folder(sample.id))
-        return {"sample_id": sample.id, "kind": sample.kind, "iou": score.iou, "intersection": score.intersection,
-                "union": score.union, "size_class": score.size_class,
-                "trajectory": result.trajectory.model_dump(mode="json")}
+            folder = out / "episodes" / episode_folder(sample.id)
+            await asyncio.to_thread(_save_pictures, result, image, truth, folder, save_episode)
+        record = {**base, "iou": score.iou, "intersection": score.intersection, "union": score.union,
+                  "size_class": score.size_class, "empty": t.empty, "no_target": t.no_target,
+                  "trajectory": t.model_dump(mode="json")}
+        if t.failure is not None:  # not an answer: IoU 0, and its target's pixels are all missed in cIoU
+            missed = score_sample(sample.id, np.zeros_like(truth), truth, ignore, kind=sample.kind)
+            record.update(iou=0.0, intersection=0, union=missed.union, empty=False,
+                          failure=t.failure.model_dump(mode="json"))
+        return record
 
     async def worker() -> None:
+        nonlocal ran
         for sample in queue:  # one shared iterator: each sample is taken by exactly one worker
             record = await one(sample)
             writer.write(record)
-            finished.append(record)
+            finished[record["sample_id"]] = record
+            ran += 1
             bar.update(1)
 
     try:
@@ -145,13 +276,30 @@ async def run_batch(agent: Agent, samples: list[Sample], out: Path, concurrency:
     finally:
         await writer.close()
         bar.close()
+        this_run.update(ended=now(), episodes_run=ran)
+        _write_json(out / RUN_FILE, run)
     elapsed = time.perf_counter() - started
-    metrics = summarise(finished, ran=len(todo), seconds=elapsed)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    ids = {s.id for s in samples}
+    # The folder's records of this dataset, in its order; others (from a larger --limit earlier) stay in the file.
+    order = {s.id: i for i, s in enumerate(samples)}
+    records = sorted((r for i, r in finished.items() if i in ids), key=lambda r: order[r["sample_id"]])
+    metrics = summarise(records, ran=ran, seconds=elapsed)
+    metrics["provenance"] = provenance_of(run, policy_settings)
+    _write_json(out / "metrics.json", metrics)
     from segloop.agent.report import write_report
 
-    write_report(out, finished, metrics)
+    write_report(out, records, metrics)
     return metrics
+
+
+def provenance_of(run: dict[str, Any], policy_settings: dict[str, Any]) -> dict[str, Any]:
+    """What made a folder's results: its configuration, the policy's effective settings, and its runs (the
+    latest one's segloop version, commit and host; the first start and the last end)."""
+    runs = run["runs"]
+    latest = runs[-1] if runs else {}
+    return {"configuration": run["configuration"], "policy_settings": policy_settings,
+            "segloop": latest.get("segloop"), "git_commit": latest.get("git_commit"), "host": latest.get("host"),
+            "started": runs[0]["started"] if runs else None, "ended": latest.get("ended"), "runs": runs}
 
 
 def _load(sample: Any) -> tuple[Any, Any, Any]:
@@ -161,22 +309,48 @@ def _load(sample: Any) -> tuple[Any, Any, Any]:
     return image, sample.load_mask(shape), sample.load_ignore(shape)
 
 
+# Longest side of the report's pictures of an episode (the input with its truth, the final mask).
+REPORT_SIDE = 768
+
+
+def _save_pictures(result: Any, image: Any, truth: Any, folder: Path, save_episode: Any) -> None:
+    """The episode's files (``save_episode``) plus, for the report, ``input.png`` (the image with the
+    ground truth's outline) and ``final.png`` (the final mask over it, with a zoomed inset when small)."""
+    from segloop.tools.images import save_image
+    from segloop.tools.overlay import result_picture
+
+    save_episode(result, folder)
+    save_image(result_picture(image, None, truth, max_side=REPORT_SIDE, inset=False), folder / "input.png")
+    save_image(result_picture(image, result.mask, truth, max_side=REPORT_SIDE), folder / "final.png")
+
+
 def summarise(records: list[dict[str, Any]], ran: int = 0, seconds: float = 0.0) -> dict[str, Any]:
-    """Metrics over finished episode records: gIoU/cIoU overall, by kind and size class, per sample; what
-    the episodes did (``agent.stats``); throughput of this run."""
+    """Metrics over episode records (one per sample): gIoU/cIoU overall, by kind and size class, per sample,
+    with every failed episode counted as IoU 0; how many answers were masks, EMPTY masks (no "no_target")
+    and "no such object"; how many episodes failed and why; what the answered episodes did
+    (``agent.stats``); throughput of this run."""
     from segloop.agent.episode import Trajectory
 
     metrics = Metrics()
-    scored = [r for r in records if "error" not in r]
-    for r in scored:
+    for r in records:
         metrics.add(SampleScore(id=r["sample_id"], iou=r["iou"], intersection=r["intersection"], union=r["union"],
                                 kind=r["kind"], size_class=r["size_class"]))
-    trajectories = [Trajectory.model_validate(r["trajectory"]) for r in scored]
+    answers = [r for r in records if not failed(r)]
+    broken = [r for r in records if failed(r)]
+    trajectories = [Trajectory.model_validate(r["trajectory"]) for r in answers]
+    unknown = Counter(w for t in trajectories for w in t.unknown_words)
     return {
         **metrics.summary(),
+        "answered": len(answers),
+        "masks": sum(not r.get("empty") and not r.get("no_target") for r in answers),
+        "empty": sum(bool(r.get("empty")) for r in answers),
+        "no_target_answers": sum(bool(r.get("no_target")) for r in answers),
+        "failed": len(broken),
+        "failed_by_kind": dict(sorted(Counter(r["failure"]["kind"] for r in broken).items())),
+        "failures": {r["sample_id"]: f"{r['failure']['kind']}: {r['failure']['reason']}" for r in broken},
         **episode_stats(trajectories),
-        "policy_errors": sum(t.policy_error is not None for t in trajectories),
-        "failed_samples": {r["sample_id"]: r["error"] for r in records if "error" in r},
+        "unknown_word_queries": sum(bool(t.unknown_words) for t in trajectories),
+        "unknown_words": dict(unknown.most_common(20)),
         "episodes_run": ran,
         "episodes_per_s": ran / seconds if seconds > 0 else 0.0,
     }

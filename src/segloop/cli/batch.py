@@ -1,15 +1,24 @@
 """``segloop batch --data SPEC --out DIR``: agent episodes over a dataset, at most N in flight, scored and
-resumable (``segloop.agent.batch``): ``trajectories.jsonl``, ``metrics.json``, ``report.html``."""
+resumable (``segloop.agent.batch``): ``trajectories.jsonl``, ``run.json``, ``metrics.json``, ``report.html``.
+
+Exit status: 0 when every episode ran to an answer, 1 when any episode failed (a server down, a segmenter
+crash, an unreadable image: re-running the same command runs those again), 2 for a usage error, 130 when
+interrupted (the saved episodes are kept; the same command resumes)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
 
 from segloop.cli.options import OptionsError, add_config_arguments, config_from_args
+from segloop.cli.paths import check_out_folder
+
+# Failure reasons printed in the console summary (all are in metrics.json and report.html).
+SHOWN_FAILURES = 3
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,47 +29,120 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a manifest, or a dataset spec: reasonseg:DIR, refcoco:ROOT:DATASET:SPLITBY:SPLIT, "
                              "cod:IMAGES:MASKS, sod:IMAGES:MASKS")
     parser.add_argument("--out", type=Path, required=True, help="output folder; re-running into it resumes")
-    parser.add_argument("--policy", default="compact", choices=tuple(POLICIES), help="who chooses the actions")
+    parser.add_argument("--policy", default="compact", choices=tuple(POLICIES),
+                        help="who chooses the actions (compact: the bundled offline agent)")
     parser.add_argument("--model", default=None, help="the policy's checkpoint (path or hub id), or the served "
-                                                      "model's name for --policy openai")
+                                                      "model's name for --policy openai (compact: the bundled one)")
     parser.add_argument("--base-url", default=None, help="OpenAI-compatible server URL (--policy openai)")
     parser.add_argument("--max-side", type=int, default=None,
-                        help="longest side of the images a scripted policy is shown (default 1024)")
+                        help="longest side of the images the policy is shown (default: the policy's own, "
+                             "1024 for scripted policies)")
     parser.add_argument("--segmenter", default="grabcut", choices=("grabcut", "sam2", "sam2-official"),
                         help="grabcut needs no weights")
-    parser.add_argument("--segmenter-model", default=None, help="SAM2 checkpoint (hub id or path)")
+    parser.add_argument("--segmenter-model", default=None, help="SAM2 checkpoint (hub id or path; default: the "
+                                                                "segmenter's own)")
     add_config_arguments(parser, EpisodeConfig)
     parser.add_argument("--concurrency", type=int, default=4, help="episodes in flight")
-    parser.add_argument("--limit", type=int, default=None, help="only the first K samples")
+    parser.add_argument("--limit", type=int, default=None, help="only the first K samples (default: all)")
     parser.add_argument("--no-overlays", action="store_true", help="skip the per-episode PNGs")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def main(args: argparse.Namespace) -> int:
     from segloop.agent.batch import BatchError
-    from segloop.tools.masks import format_table
 
     try:
         metrics = asyncio.run(_main(args))
+    except KeyboardInterrupt:
+        _interrupted(args)
+        return 130
     except (BatchError, OptionsError, ValueError, OSError, RuntimeError, ImportError) as exc:
         print(f"segloop batch: {exc}", file=sys.stderr)
         return 2
-    print(format_table(metrics))
-    print(f"mean turns {metrics['turns']:.2f}, valid actions {metrics['valid_rate']:.2%}, "
-          f"{metrics['episodes_per_s']:.2f} episodes/s; results in {args.out}")
-    return 0
+    print(summary_text(metrics, args.out))
+    return 1 if metrics["failed"] else 0
+
+
+def summary_text(metrics: dict[str, Any], out: Path) -> str:
+    """The console summary: what made the results, the table (unless every episode failed), what the
+    answers were, and the failures with their first reasons."""
+    from segloop.agent.provenance import flatten
+    from segloop.tools.masks import format_table
+
+    provenance = metrics.get("provenance", {})
+    configuration = flatten(provenance.get("configuration", {}))
+    made_by = ", ".join(f"{k.removeprefix('agent.')}={v}" for k, v in configuration.items() if v not in (None, {}, []))
+    commit = provenance.get("git_commit") or "no git checkout"
+    lines = [f"made by: {made_by}",
+             f"segloop {provenance.get('segloop')} ({commit}) on {provenance.get('host')}, "
+             f"{provenance.get('started')} to {provenance.get('ended')}"]
+    failed, n = metrics["failed"], metrics["n"]
+    if n and failed == n:
+        lines.append(f"ALL {n} EPISODES FAILED: there are no results to score.")
+    else:
+        lines.append(format_table(metrics))
+        lines.append(f"answers: {metrics['masks']} masks, {metrics['empty']} EMPTY masks (submitted without "
+                     f"'no such object'), {metrics['no_target_answers']} 'no such object'"
+                     + (f"; {failed} FAILED (counted as IoU 0)" if failed else ""))
+        lines.append(f"mean turns {metrics['turns']:.2f}, valid actions {metrics['valid_rate']:.2%}, "
+                     f"{metrics['episodes_per_s']:.2f} episodes/s")
+    if failed:
+        kinds = ", ".join(f"{kind} {count}" for kind, count in metrics["failed_by_kind"].items())
+        lines.append(f"FAILED: {failed} of {n} episodes ({kinds}); they are not answers, and re-running the same "
+                     "command runs them again. First reasons:")
+        lines += [f"  {sample}: {reason}" for sample, reason in list(metrics["failures"].items())[:SHOWN_FAILURES]]
+    if metrics.get("unknown_word_queries"):
+        words = ", ".join(repr(w) for w in metrics["unknown_words"])
+        k = metrics["unknown_word_queries"]
+        lines.append(f"{k} quer{'y has' if k == 1 else 'ies have'} words the policy does not know ({words}): "
+                     "its answers to them are guesses")
+    lines.append(f"results in {out} (metrics.json, report.html)")
+    return "\n".join(lines)
+
+
+def _interrupted(args: argparse.Namespace) -> None:
+    """Ctrl-C: how many episodes are saved, and the command that resumes."""
+    from segloop.agent.batch import TRAJECTORIES, BatchError, failed, read_finished
+
+    try:
+        records = read_finished(args.out / TRAJECTORIES)
+    except (BatchError, OSError):
+        records = []
+    broken = sum(failed(r) for r in records)
+    saved = f"{len(records)} episodes saved in {args.out}" + (f" ({broken} failed)" if broken else "")
+    command = shlex.join([*_program(), *getattr(args, "_argv", [])])
+    print(f"segloop batch: interrupted; {saved}. Resume with: {command}", file=sys.stderr, flush=True)
+
+
+def _program() -> list[str]:
+    """How this process was started: ``segloop`` (the installed script) or ``python -m segloop``."""
+    if Path(sys.argv[0]).name == "segloop":
+        return [sys.argv[0]]
+    return [sys.executable, "-m", "segloop"]
+
+
+def data_identity(spec: str) -> str:
+    """The data spec as recorded: a path (or a reader spec's paths) made absolute, so the same data given
+    from another folder is the same configuration."""
+    if Path(spec).exists():
+        return str(Path(spec).resolve())
+    head, sep, rest = spec.partition(":")
+    if not sep:
+        return spec
+    parts = [str(Path(p).resolve()) if p and Path(p).exists() else p for p in rest.split(":")]
+    return f"{head}:{':'.join(parts)}"
 
 
 async def _main(args: argparse.Namespace) -> dict[str, Any]:
     from segloop.agent.batch import BatchError, run_batch
     from segloop.agent.datasets import load_samples
     from segloop.agent.episode import EpisodeConfig
-    from segloop.policies import AgentSpec, build_agent
+    from segloop.agent.policy import unknown_words
+    from segloop.policies import AgentSpec, build_agent, policy_settings, unknown_words_note
 
     if args.limit is not None and args.limit < 1:
         raise BatchError("--limit must be at least 1")
-    if args.out.exists() and not args.out.is_dir():
-        raise BatchError(f"--out {args.out} is a file; give a folder")
+    check_out_folder(args.out)  # a ValueError: one line, exit 2
     samples = load_samples(args.data)[: args.limit]
     if not samples:
         raise BatchError(f"{args.data} holds no samples")
@@ -72,5 +154,13 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
     spec = AgentSpec(policy=args.policy, model=args.model, policy_options=options, segmenter=args.segmenter,
                      segmenter_model=args.segmenter_model, episode=config_from_args(EpisodeConfig, args))
     agent = build_agent(spec)
+    unknown = {s.id: unknown_words(agent.policy, s.query) for s in samples}
+    if any(unknown.values()):
+        words = list(dict.fromkeys(w for ws in unknown.values() for w in ws))
+        queries = sum(bool(ws) for ws in unknown.values())
+        print(f"segloop batch: note: {queries} of {len(samples)} queries: "
+              f"{unknown_words_note(agent.policy.name, words[:8])}", file=sys.stderr, flush=True)
+    configuration = {"agent": spec.model_dump(mode="json"), "data": data_identity(args.data)}
     return await run_batch(agent, samples, args.out, args.concurrency, progress=not args.quiet,
-                           save_overlays=not args.no_overlays)
+                           save_overlays=not args.no_overlays, configuration=configuration,
+                           policy_settings=policy_settings(agent.policy))

@@ -32,6 +32,8 @@ POLICIES: dict[str, tuple[str, str]] = {
 }
 # Policies that read the ground truth: for expert data, upper bounds and baselines, never for new images.
 NEEDS_TRUTH = ("oracle", "single-shot")
+# The scripted policies (no model): the experts SFT may imitate.
+SCRIPTED = ("oracle", "single-shot", "random")
 _FROM_PRETRAINED = ("transformers", "compact")
 
 
@@ -96,3 +98,34 @@ def build_agent(spec: AgentSpec, *, policy: Policy | None = None, segmenter: Seg
     if segmenter is None:
         segmenter = build_segmenter(spec.segmenter, model=spec.segmenter_model)
     return Agent(policy, segmenter, spec.episode, checkpointer)
+
+
+# Attributes of a built policy that say how it acts (sampling, server, views); what a result file records as
+# the policy's effective settings, defaults included.
+_SETTINGS = ("name", "model", "base_url", "frame", "max_side", "greedy", "temperature", "top_p", "max_tokens",
+             "max_new_tokens", "seed", "timeout_s", "max_retries", "concurrency", "device")
+# How to run an open-vocabulary agent: what ``unknown_words_note`` points to.
+VLM_COMMAND = ('segloop run IMAGE "QUERY" --out DIR --policy openai --model Qwen/Qwen2.5-VL-7B-Instruct '
+               '--base-url http://localhost:8000/v1 (after `vllm serve Qwen/Qwen2.5-VL-7B-Instruct`), or '
+               '--policy transformers --model Qwen/Qwen2.5-VL-7B-Instruct')
+
+
+def policy_settings(policy: Policy) -> dict[str, Any]:
+    """The built policy's effective settings that exist on it (defaults included), JSON-able."""
+    settings: dict[str, Any] = {}
+    for name in _SETTINGS:
+        value = getattr(policy, name, None)
+        if isinstance(value, (str, int, float, bool)) or value is None:
+            if value is not None:
+                settings[name] = value
+        else:
+            settings[name] = str(value)
+    return settings
+
+
+def unknown_words_note(policy_name: str, words: list[str]) -> str:
+    """One line saying that the policy cannot read ``words`` of a request, and what to use instead."""
+    listed = ", ".join(repr(w) for w in words)
+    return (f"the {policy_name} policy does not know the word{'s' if len(words) != 1 else ''} {listed}: it knows "
+            "only the words it was trained on, so its answer is a guess; for open "
+            f"vocabulary use a vision-language model backend: {VLM_COMMAND}")
