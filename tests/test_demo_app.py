@@ -231,9 +231,11 @@ def test_a_model_that_never_submits_is_told_as_budget_spent(session: DemoSession
     last = screens[-1]
     assert "used all 3 turns without submitting" in last.status
     assert _titles(last.chat) == [turn_title(i, "segment") for i in (1, 2, 3)]
-    assert last.final is not None and len(last.files) == 2
     saved = json.loads((tmp_path / "out" / f"demo-{session.session_id}-01" / "trajectory.json").read_text())
     assert len(saved["turns"]) == 3 and not saved["submitted"]
+    # Its box is a few pixels of this small image: the candidate is empty, and nothing is offered as an answer.
+    assert saved["empty"] and "EMPTY mask" in last.status
+    assert last.final is None and last.files == [] and last.clear
 
 
 def test_an_unreachable_server_is_told_in_one_line(session: DemoSession, sample_image: str, tmp_path: Path) -> None:
@@ -245,7 +247,10 @@ def test_an_unreachable_server_is_told_in_one_line(session: DemoSession, sample_
     screens = _run(session, sample_image, "the red block", choice, backends, tmp_path)
     assert screens[-1].status.startswith(f"Cannot reach the server at http://127.0.0.1:{port}/v1: "
                                          "is it running, and is the URL right?")
-    assert "Traceback" not in screens[-1].status and screens[-1].files  # still saved, as every episode is
+    assert "Traceback" not in screens[-1].status
+    # Still saved, as every episode is, but a failed episode offers no mask as if it were an answer.
+    assert (tmp_path / f"demo-{session.session_id}-01" / "trajectory.json").is_file()
+    assert screens[-1].files == [] and screens[-1].final is None and screens[-1].clear
     assert session.interrupted  # the next request starts a new conversation
 
 

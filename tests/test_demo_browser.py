@@ -21,6 +21,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from support.openai_server import OpenAIServer, scripted_turns
 
 from segloop.demos.bundled import bundled_samples
 from segloop.policies.compact import DEFAULT_CHECKPOINT, CompactPolicy
@@ -34,6 +35,9 @@ MAX_TURNS = 4
 TURN_HEADING = re.compile(r"Turn (\d+) · ([a-z_ ]+)")
 # Where the screenshot for the README goes when SEGLOOP_UPDATE_SCREENSHOT=1.
 README_SCREENSHOT = ROOT / "docs" / "demo.png"
+# Where the tests leave their screenshots when set (the test's temporary folder otherwise).
+SCREENSHOT_DIR = os.environ.get("SEGLOOP_SCREENSHOT_DIR")
+SEGMENT_FOREVER = '<tool_call>{"name": "segment", "arguments": {"bbox_2d": [100, 100, 300, 300]}}</tool_call>'
 
 pytestmark = [
     pytest.mark.browser,
@@ -217,3 +221,109 @@ def test_two_sessions_at_once_keep_their_own_state(browser, demo) -> None:
     finally:
         context_a.close()
         context_b.close()
+
+
+def _screenshot(page, tmp_path: Path, name: str) -> Path:
+    folder = Path(SCREENSHOT_DIR) if SCREENSHOT_DIR else tmp_path
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+def _status(page) -> str:
+    return page.locator("#status").inner_text()
+
+
+def _chat_follows_the_newest_turn(page) -> bool:
+    """Whether every scrolling box of the chat is scrolled to its end (the newest turn in view)."""
+    return page.evaluate("""() => {
+        const box = document.querySelector('#turns');
+        return [box, ...box.querySelectorAll('*')].filter(el => el.scrollHeight > el.clientHeight + 4
+            && getComputedStyle(el).overflowY.match(/auto|scroll/))
+          .every(el => el.scrollTop + el.clientHeight >= el.scrollHeight - 8);
+    }""")
+
+
+def _clipped_code(page) -> int:
+    """How many code blocks in the chat are wider than their box (a tool call cut off at the edge)."""
+    return page.evaluate("""() => [...document.querySelectorAll('#turns pre, #turns code')]
+        .filter(el => el.scrollWidth > el.clientWidth + 1).length""")
+
+
+def test_stop_ends_the_episode_within_the_turn_and_leaves_the_page_ready(browser, demo, tmp_path: Path) -> None:
+    """Item 8: Stop, clicked in the browser while a slow server is thinking, ends the episode in that turn."""
+    url, out = demo
+    image, _ = bundled_samples()[0]
+    with OpenAIServer(script=scripted_turns([SEGMENT_FOREVER]), latency_s=1.5) as server:
+        context, page = _open(browser, url)
+        try:
+            page.locator("#backend-box").click()  # the accordion
+            page.get_by_label("OpenAI-compatible server").check()
+            page.locator("#url textarea, #url input").first.fill(server.base_url)
+            page.locator("#model textarea, #model input").first.fill("scripted")
+            _ask(page, image, "the medium striped circle")
+            page.wait_for_function("() => /Turn 1 of at most/.test(document.querySelector('#status')?.innerText)",
+                                   timeout=30_000)
+            requests_at_stop = len(server.requests)
+            page.locator("#stop").click()
+            page.wait_for_function("() => /Stopped after \\d+ turn/.test(document.querySelector('#status')?.innerText)",
+                                   timeout=10_000)
+            status = _status(page)
+            n = int(re.search(r"Stopped after (\d+) turn", status).group(1))
+            time.sleep(2 * server.latency_s)  # long enough for one more turn, had the episode gone on
+            assert _status(page) == status  # the page stays on its final word, not on "Turn k of at most"
+            assert len(server.requests) <= requests_at_stop + 1  # the turn in flight at most; none after it
+            assert [turn for turn, _ in _shown_turns(page)] == list(range(1, n + 1))  # the turns so far are kept
+            assert n < MAX_TURNS
+            assert page.locator("#downloads a").count() == 0  # nothing offered as an answer
+            saved = re.search(r"saved to (\S+?)\.", status)
+            trajectory = json.loads((Path(saved.group(1)) / "trajectory.json").read_text())
+            assert trajectory["stopped"] and not trajectory["submitted"] and len(trajectory["turns"]) == n
+            shot = _screenshot(page, tmp_path, "demo_after_stop.png")
+            # The page is ready: the next request runs (a new conversation) to its end.
+            page.get_by_label("offline agent (bundled)").check()
+            page.locator("#query textarea").fill(bundled_samples()[0][1])
+            page.locator("#send").click()
+            status = _wait_done(page)
+            assert "Stopped" not in status and _episode_dir(status).parent == out.resolve()
+            assert shot.is_file()
+        finally:
+            context.close()
+
+
+def test_a_follow_up_looks_again_for_its_own_target(browser, demo, tmp_path: Path) -> None:
+    """Item 9: a follow-up on the same image with another target starts from the whole image, segments
+    afresh and answers with another mask; item 10: the result is shown and the chat follows it."""
+    url, _out = demo
+    image, query = bundled_samples()[0]
+    follow_up = "the large striped circle"
+    context, page = _open(browser, url)
+    try:
+        _ask(page, image, query)
+        first_dir = _episode_dir(_wait_done(page))
+        page.locator("#query textarea").fill(follow_up)
+        page.locator("#send").click()
+        page.wait_for_function(
+            "() => (document.querySelector('#status')?.innerText || '').includes('Saved to')"
+            f" && !(document.querySelector('#status')?.innerText || '').includes('{first_dir.name}')",
+            timeout=90_000)
+        second_dir = _episode_dir(_status(page))
+        first = json.loads((first_dir / "trajectory.json").read_text())
+        second = json.loads((second_dir / "trajectory.json").read_text())
+        assert second["query"] == follow_up and second["thread_id"] == first["thread_id"]  # the same conversation
+        width, height = second["image_size"]
+        assert second["turns"][0]["view_box"] == [0, 0, width, height]  # it looks at the whole image again
+        assert "segment" in second["tool_counts"]  # and segments afresh rather than re-submit the old mask
+        assert second["turns"][0]["action"]["name"] != "submit"
+        first_mask, second_mask = rle_decode(first["final_mask_rle"]), rle_decode(second["final_mask_rle"])
+        assert second_mask.any() and (first_mask != second_mask).any()
+        text = page.locator("#turns").inner_text()
+        assert text.index(query) < text.index(follow_up)
+        page.locator("#final-overlay img").first.wait_for(timeout=20_000)
+        page.wait_for_timeout(500)
+        assert _chat_follows_the_newest_turn(page)
+        assert _clipped_code(page) == 0
+        _screenshot(page, tmp_path, "demo_follow_up.png")
+    finally:
+        context.close()

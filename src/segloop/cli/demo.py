@@ -28,8 +28,15 @@ def main(args: argparse.Namespace) -> int:
     if not 0 < args.port < 65536:
         print(f"segloop demo: --port {args.port} is not a port number", file=sys.stderr)
         return 2
+    from segloop.cli.paths import check_out_folder
+
+    try:
+        check_out_folder(args.out)
+    except ValueError as exc:
+        print(f"segloop demo: {exc}", file=sys.stderr)
+        return 2
     from segloop.agent.episode import EpisodeConfig
-    from segloop.demos.app import CSS, build_app
+    from segloop.demos.app import CSS, FOLLOW_JS, build_app
     from segloop.demos.backends import Backends
     from segloop.policies import AgentSpec
 
@@ -50,7 +57,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         app.queue(default_concurrency_limit=None).launch(
             server_name=args.host, server_port=args.port, show_error=True, quiet=True,
-            allowed_paths=[str(args.out.resolve())], footer_links=[], css=CSS)
+            allowed_paths=[str(args.out.resolve())], footer_links=[], css=CSS, js=FOLLOW_JS)
     except OSError as exc:
         print(f"segloop demo: cannot serve on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 2

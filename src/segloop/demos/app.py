@@ -26,6 +26,24 @@ OPENAI_LABEL = "OpenAI-compatible server"
 CSS = """
 #final-overlay img { object-fit: contain; }
 #status { min-height: 2.5em; }
+/* Tool calls and long observations wrap instead of being clipped. */
+#turns pre, #turns code { white-space: pre-wrap !important; overflow-wrap: anywhere; word-break: break-word; }
+"""
+# Scrolls the chat to its newest turn whenever it changes (also after its images load, which grows it).
+FOLLOW_JS = """
+() => {
+  const follow = () => {
+    const box = document.querySelector('#turns');
+    if (!box) return;
+    for (const el of [box, ...box.querySelectorAll('*')]) {
+      if (el.scrollHeight > el.clientHeight + 4 && getComputedStyle(el).overflowY.match(/auto|scroll/)) {
+        el.scrollTop = el.scrollHeight;
+      }
+    }
+  };
+  new MutationObserver(follow).observe(document.body, {childList: true, subtree: true});
+  document.addEventListener('load', follow, true);
+}
 """
 
 
@@ -54,10 +72,14 @@ def build_app(backends: Backends, out_dir: Path, work_root: Path | None = None) 
             yield session, screen.chat, screen.status, final, files
 
     def on_stop(state: DemoSession | None):
-        return "Stopped. The turns so far are saved; the next request starts a new conversation."
+        # The running request sees the flag within its current turn, ends the episode and says so itself.
+        if state is None or not state.request_stop():
+            return gr.skip()
+        return "Stopping…"
 
     def on_new(state: DemoSession | None):
         session = session_of(state)
+        session.request_stop()
         session.reset()
         return session, [], "New conversation.", None, None
 
@@ -104,7 +126,9 @@ def build_app(backends: Backends, out_dir: Path, work_root: Path | None = None) 
         outputs = [state, chat, status, final, files]
         run = send.click(on_send, inputs, outputs, concurrency_limit=None)
         submitted = query.submit(on_send, inputs, outputs, concurrency_limit=None)
-        stop.click(on_stop, [state], [status], cancels=[run, submitted])
+        # No ``cancels=``: Gradio's cancellation let turns run on and left the page mid-episode; the request
+        # ends itself on the flag and shows "Stopped after N turns".
+        stop.click(on_stop, [state], [status], concurrency_limit=None, queue=False)
         new.click(on_new, [state], outputs, cancels=[run, submitted])
         backend.change(on_backend, [backend], [server_box])
     return app

@@ -25,13 +25,18 @@ from segloop.tools.masks import rle_encode
 
 # Longest side of the images shown in the chat: enough to read an overlay, small enough to stream.
 CHAT_IMAGE_SIDE = 512
+# Longest side of the final overlay (the image, the mask outlined, a zoomed inset around a small mask).
+FINAL_SIDE = 1024
+# How often a running request looks whether Stop was clicked, in seconds.
+STOP_POLL_S = 0.05
 
 
 @dataclass
 class Screen:
     """What the UI shows after a step. ``final`` is the last mask over the image, ``files`` the
     downloads (mask PNG, COCO RLE JSON); both stay None (unchanged on screen) until an episode ends,
-    and ``clear`` empties them when a new episode starts."""
+    and ``clear`` empties them when a new episode starts (and when it ends without a mask to show:
+    failed, stopped, EMPTY or "no such object": nothing is offered as if it were an answer)."""
 
     chat: list[dict[str, Any]]
     status: str
@@ -62,24 +67,32 @@ def _turn_message(event: Any, image_path: Path | None) -> dict[str, Any]:
 
 
 def final_overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """The submitted mask over the whole image, at the image's own size (rounded to whole tokens)."""
-    from segloop.tools.overlay import render_overlay
-    from segloop.tools.views import full_view
+    """The submitted mask over the whole image (at most ``FINAL_SIDE`` pixels on its longer side): a fill
+    with a thick outline and, for a small mask, a zoomed inset around it, so a target a few pixels wide
+    is visible at a glance."""
+    from segloop.tools.overlay import result_picture
 
-    height, width = image.shape[:2]
-    return render_overlay(image, full_view(width, height, max_side=max(width, height)), mask)
+    return result_picture(image, mask, max_side=FINAL_SIDE, inset=True)
 
 
 def outcome_text(trajectory: Any, choice: BackendChoice) -> str:
     """One line on how the episode ended."""
     turns = len(trajectory.turns)
     area = trajectory.final_area_share
-    if trajectory.policy_error:
-        return describe_policy_error(trajectory.policy_error, choice)
+    if trajectory.failure is not None:
+        if trajectory.failure.kind == "policy":
+            return describe_policy_error(trajectory.failure.reason, choice)
+        return f"The episode failed ({trajectory.failure.kind}): {trajectory.failure.reason}"
     if trajectory.submitted:
         if trajectory.no_target:
-            return f"Done in {turns} turns: the agent says there is no such object (empty mask)."
+            return f"Done in {turns} turns: the agent says there is no such object."
+        if trajectory.empty:
+            return (f"Done in {turns} turns: the agent submitted an EMPTY mask (it did not say there is no such "
+                    "object): it found nothing to segment. Try a clearer request or another model.")
         return f"Done in {turns} turns: mask submitted ({area:.2%} of the image)."
+    if trajectory.empty:
+        return (f"The agent used all {trajectory.max_turns} turns without submitting, and its last candidate is an "
+                "EMPTY mask. Try a clearer request, more turns (--max-turns) or another model.")
     return (f"The agent used all {trajectory.max_turns} turns without submitting; shown is its last candidate "
             f"mask ({area:.2%} of the image). Try a clearer request, more turns (--max-turns) or another model.")
 
@@ -125,6 +138,13 @@ async def respond(session: DemoSession, image_path: str | None, query: str, choi
         reason = str(exc).split(": ", 1)[-1]
         yield Screen(session.chat, f"This image cannot be used: {reason}")
         return
+    from segloop.agent.episode import MIN_IMAGE_SIDE
+
+    if min(image.shape[:2]) < MIN_IMAGE_SIDE:
+        height, width = image.shape[:2]
+        yield Screen(session.chat, f"This image cannot be used: it is {width}x{height} pixels, too small to look at "
+                                   f"and zoom into (at least {MIN_IMAGE_SIDE} pixels on each side).")
+        return
 
     thread_id, continues = session.thread_for(image_fingerprint(image), choice.key)
     episode_id = session.next_episode_id()
@@ -143,18 +163,38 @@ async def respond(session: DemoSession, image_path: str | None, query: str, choi
         return
 
     from segloop.agent.episode import EpisodeResult, save_episode
+    from segloop.agent.policy import unknown_words
+    from segloop.policies import unknown_words_note
+
+    if words := unknown_words(agent.policy, query):
+        note = unknown_words_note(agent.policy.name, words).replace(
+            "for open vocabulary use a vision-language model backend:",
+            "for open vocabulary choose \"OpenAI-compatible server\" under Backend (a vision-language model), "
+            "or start the demo with")
+        session.chat.append({"role": "assistant", "content": [f"⚠️ Note: {note[0].upper()}{note[1:]}"]})
+        yield Screen(session.chat, "Starting (the agent does not know some of these words)…")
+
+    stopped: list[EpisodeResult] = []
 
     def save_stopped(result: EpisodeResult) -> None:
         save_episode(result, out_dir / episode_id)
+        stopped.append(result)
 
     max_turns = backends.spec.episode.max_turns
+    session.running = True
     try:
         async with contextlib.aclosing(agent.stream(image, query, episode_id=episode_id, thread_id=thread_id,
                                                     on_stop=save_stopped)) as stream:
-            async for item in stream:
+            while True:
+                item = await _next_unless_stopped(stream, session)
+                if item is None:  # Stop was clicked: the stream is closed and the episode saved as stopped
+                    await stream.aclose()
+                    session.interrupted = True
+                    yield _stopped(session, stopped, out_dir / episode_id)
+                    return
                 if isinstance(item, EpisodeResult):
                     # A failed policy may leave its thread mid-turn: do not continue it.
-                    session.interrupted = bool(item.trajectory.policy_error)
+                    session.interrupted = item.trajectory.failure is not None
                     yield _finish(session, item, image, out_dir, choice, save_episode)
                     return
                 overlay_path = None
@@ -169,19 +209,62 @@ async def respond(session: DemoSession, image_path: str | None, query: str, choi
     except Exception as exc:
         session.interrupted = True
         yield Screen(session.chat, describe_failure(exc))
+    finally:
+        session.running = False
+        session.stop_requested = False
+
+
+_STOP = object()
+
+
+async def _next_unless_stopped(stream: Any, session: DemoSession) -> Any:
+    """The stream's next item, or None once Stop was clicked. A turn in progress is cancelled (its policy
+    call or tool step with it): the episode ends within the current turn, not after the next ones."""
+    if session.stop_requested:
+        return None
+    step = asyncio.ensure_future(anext(stream, _STOP))
+    try:
+        while not step.done():
+            await asyncio.wait({step}, timeout=STOP_POLL_S)
+            if session.stop_requested and not step.done():
+                step.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await step  # the stream's own clean-up runs: the episode so far is saved (``on_stop``)
+                return None
+    except asyncio.CancelledError:  # this request itself was cancelled: end the turn before passing it on
+        step.cancel()
+        await asyncio.gather(step, return_exceptions=True)
+        raise
+    item = step.result()
+    if item is _STOP:
+        raise RuntimeError("the episode ended without a result")
+    return item
+
+
+def _stopped(session: DemoSession, stopped: list[Any], episode_dir: Path) -> Screen:
+    """The screen after Stop: the turns so far stay, nothing is offered as an answer, the page is ready."""
+    turns = len(stopped[0].trajectory.turns) if stopped else 0
+    text = f"Stopped after {turns} turn{'s' if turns != 1 else ''}."
+    saved = f" The turns so far are saved to {episode_dir}." if stopped else ""
+    session.chat.append({"role": "assistant", "content": [f"**Stopped** · {text}"]})
+    return Screen(session.chat, f"{text}{saved} The next request starts a new conversation.", clear=True)
 
 
 def _finish(session: DemoSession, result: Any, image: np.ndarray, out_dir: Path, choice: BackendChoice,
             save_episode: Any) -> Screen:
     episode_id = result.trajectory.episode_id
     episode_dir = Path(save_episode(result, out_dir / episode_id))
+    text = outcome_text(result.trajectory, choice)
+    session.chat.append({"role": "assistant", "content": [f"**Result** · {text}"]})
+    t = result.trajectory
+    if t.failure is not None or not result.mask.any():
+        # Failed, EMPTY or "no such object": no mask to show or download as if it were an answer.
+        return Screen(session.chat, f"{text} Saved to {episode_dir}.", clear=True)
     # The downloads are named after the episode, so files saved from several runs do not collide.
     rle_path = session.work_dir / f"{episode_id}_mask_rle.json"
     rle_path.write_text(json.dumps(rle_encode(result.mask)))
     mask_path = save_mask(result.mask, session.work_dir / f"{episode_id}_mask.png")
     overlay = final_overlay(image, result.mask)
-    text = outcome_text(result.trajectory, choice)
-    session.chat.append({"role": "assistant", "content": [f"**Result** · {text}"]})
     return Screen(session.chat, f"{text} Saved to {episode_dir}.", overlay, [str(mask_path), str(rle_path)])
 
 

@@ -38,6 +38,9 @@ class DemoSession:
     # Set when an episode was stopped mid-way: its thread may end between a policy and a tool step,
     # so the next request starts afresh rather than continue a half-written conversation.
     interrupted: bool = False
+    # Whether a request is running, and whether the Stop button asked it to end (it does within the turn).
+    running: bool = False
+    stop_requested: bool = False
 
     @classmethod
     def new(cls, root: Path) -> DemoSession:
@@ -66,6 +69,12 @@ class DemoSession:
     def next_episode_id(self) -> str:
         self.episodes += 1
         return f"demo-{self.session_id}-{self.episodes:02d}"
+
+    def request_stop(self) -> bool:
+        """The Stop button: ask the running request to end its episode; False when none is running."""
+        if self.running:
+            self.stop_requested = True
+        return self.running
 
     def reset(self) -> None:
         """Forget the conversation (the "new conversation" button)."""
