@@ -8,8 +8,9 @@ import re
 import cv2
 import numpy as np
 import pytest
+from support.policies import Scripted, SwitchedOracle
 
-from segloop.agent.episode import Trajectory
+from segloop.agent.episode import Agent, Trajectory
 from segloop.cli import main as cli
 
 
@@ -27,9 +28,10 @@ def test_run_prints_each_turn_and_saves_the_episode(image_path, tmp_path, capsys
     out = tmp_path / "ep"
     code = cli(["run", str(image_path), "the red disc", "--out", str(out), "--policy", "random",
                 "--max-turns", "5", "--verbose"])
-    assert code == 0
     printed = capsys.readouterr().out
     trajectory = Trajectory.model_validate_json((out / "trajectory.json").read_text())
+    assert code == (3 if trajectory.empty else 0)  # an EMPTY answer is not a plain success
+    assert f"{trajectory.outcome()}; saved to {out}" in printed
     assert 1 <= len(trajectory.turns) <= 5
     assert len(re.findall(r"^turn \d+: ", printed, re.MULTILINE)) == len(trajectory.turns)
     assert "saved to" in printed
@@ -64,3 +66,48 @@ def test_policies_run_cannot_use_are_refused_by_the_parser(image_path, tmp_path,
     assert exited.value.code == 2
     assert f"invalid choice: '{policy}' (choose from 'compact', 'transformers', 'openai', 'random')" in (
         capsys.readouterr().err)
+
+
+@pytest.mark.parametrize(("reply", "code", "line"), [
+    ('<tool_call>{"name": "submit", "arguments": {}}</tool_call>', 3,
+     "submitted an EMPTY mask (without saying 'no such object'), 1 turn"),
+    ('<tool_call>{"name": "submit", "arguments": {"no_target": true}}</tool_call>', 0,
+     "no such object (the agent says it is not in the image), 1 turn"),
+    ('<tool_call>{"name": "segment", "arguments": {"bbox_2d": [95, 25, 125, 55]}}</tool_call>', 0,
+     "turn budget spent (2 turns); the last candidate, "),
+    ('<tool_call>{"name": "inspect_mask", "arguments": {}}</tool_call>', 3,
+     "turn budget spent (2 turns); the last candidate is an EMPTY mask"),
+])
+def test_an_empty_answer_is_said_plainly_and_exits_non_zero(image_path, tmp_path, capsys, monkeypatch, box_segmenter,
+                                                            reply, code, line):
+    """Item 1: "submitted an EMPTY mask" is neither "submitted" nor "no such object", and does not exit 0."""
+    monkeypatch.setattr("segloop.policies.build_agent",
+                        lambda spec, **_: Agent(Scripted([reply]), box_segmenter, spec.episode))
+    out = tmp_path / "o"
+    assert cli(["run", str(image_path), "the red disc", "--out", str(out), "--max-turns", "2"]) == code
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed[-1].startswith(line) and printed[-1].endswith(f"saved to {out}")
+    saved = json.loads((out / "trajectory.json").read_text())
+    assert saved["empty"] == (code == 3) and saved["no_target"] == ("no_target" in reply)
+
+
+def test_a_failed_episode_is_not_an_answer(image_path, tmp_path, capsys, monkeypatch, box_segmenter):
+    """Item 2: a policy that cannot give a turn fails the episode: exit 1, the reason on stderr."""
+    policy = SwitchedOracle(down=True)
+    monkeypatch.setattr("segloop.policies.build_agent", lambda spec, **_: Agent(policy, box_segmenter, spec.episode))
+    assert cli(["run", str(image_path), "the red disc", "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("segloop run: the episode FAILED (policy: PolicyUnavailable: ") and "HTTP 503" in err
+    assert "\n" not in err
+
+
+@pytest.mark.parametrize("size", [(1, 1), (10, 300)])
+def test_a_tiny_image_is_one_clear_refusal(tmp_path, capsys, size):
+    """Item 12: no run of refused zooms on a 1x1 image."""
+    path = tmp_path / "tiny.png"
+    cv2.imwrite(str(path), np.zeros((*size, 3), np.uint8))
+    assert cli(["run", str(path), "the red disc", "--out", str(tmp_path / "o"), "--policy", "random"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"segloop run: the image is {size[1]}x{size[0]} pixels, too small to look at and zoom into; "
+                   "an episode needs at least 28 pixels on each side")
+    assert not (tmp_path / "o" / "trajectory.json").exists()

@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from importlib.metadata import PackageNotFoundError, version
+
+from segloop.agent.provenance import segloop_version
 
 # name -> (module, one-line help). Nested names ("bench tools") are subcommands of a group.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -28,11 +29,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def segloop_version() -> str:
-    try:
-        return version("segloop")
-    except PackageNotFoundError:  # running from a source tree that was never installed
-        return "unknown"
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows every option's default, except where the help text already states it or the option is required."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.required or "default" in text:
+            return text
+        return super()._get_help_string(action)
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
@@ -43,7 +47,7 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     for name, (module, help_text) in COMMANDS.items():
         words = name.split()
         options = {"help": help_text, "description": help_text,
-                   "formatter_class": argparse.ArgumentDefaultsHelpFormatter}
+                   "formatter_class": HelpFormatter}
         if len(words) == 1:
             sub = top.add_parser(name, **options)
         else:
@@ -62,6 +66,7 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(argv).parse_args(argv)
+    args._argv = argv  # the command line as given: what an interrupted batch prints to resume
     try:
         return int(importlib.import_module(args._module).main(args) or 0)
     except KeyboardInterrupt:

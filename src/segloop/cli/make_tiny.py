@@ -14,10 +14,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from segloop.cli.paths import check_out_folder
     from segloop.policies.tiny import make_tiny
 
-    if args.out.exists() and not args.out.is_dir():
-        print(f"segloop make-tiny: --out {args.out} exists and is not a directory", file=sys.stderr)
+    try:
+        check_out_folder(args.out)
+    except ValueError as exc:
+        print(f"segloop make-tiny: {exc}", file=sys.stderr)
         return 2
     try:
         path = make_tiny(args.out, seed=args.seed)

@@ -45,9 +45,12 @@ def _flag(name: str) -> str:
 
 def add_config_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, config: type[BaseModel], *,
                          exclude: Collection[str] = (), prefix: str = "",
-                         defaults: dict[str, Any] | None = None) -> None:
-    """Add a flag for every field of ``config`` except ``exclude``; ``defaults`` override the model's."""
+                         defaults: dict[str, Any] | None = None,
+                         choices: dict[str, Collection[str]] | None = None) -> None:
+    """Add a flag for every field of ``config`` except ``exclude``; ``defaults`` override the model's, and
+    ``choices`` restrict a string field to the values this command accepts (the parser lists them)."""
     defaults = defaults or {}
+    choices = choices or {}
     for name, field in config.model_fields.items():
         if name in exclude:
             continue
@@ -63,7 +66,9 @@ def add_config_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGro
         else:
             default = field.default
         required = default is PydanticUndefined
-        kwargs: dict[str, Any] = {"dest": dest, "help": field.description or name.replace("_", " ")}
+        # argparse expands "%(...)s" in help texts: a literal "%" in a description must be doubled.
+        help_text = (field.description or name.replace("_", " ")).replace("%", "%%")
+        kwargs: dict[str, Any] = {"dest": dest, "help": help_text}
         if required:  # no "(default: None)" in --help for a flag that must be given
             kwargs.update(required=True, default=argparse.SUPPRESS)
         else:
@@ -83,6 +88,8 @@ def add_config_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGro
             kwargs["type"] = annotation
         else:
             raise TypeError(f"{config.__name__}.{name}: no command-line form for {field.annotation!r}")
+        if name in choices:
+            kwargs["choices"] = tuple(choices[name])
         extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
         parser.add_argument(_flag(dest), *extra.get("cli_aliases", ()), **kwargs)
 

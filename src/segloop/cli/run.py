@@ -1,5 +1,10 @@
 """``segloop run IMAGE "QUERY" --out DIR``: one episode on one image, printed turn by turn and saved
-(``trajectory.json``, one overlay PNG per turn, ``mask.png``)."""
+(``trajectory.json``, one overlay PNG per turn, ``mask.png``).
+
+Exit status: 0 for an answer (a mask, or "no such object"), 1 when the episode failed (the policy or the
+segmenter could not go on), 2 for a usage error (bad flags, an unreadable or too small image), 3 when the
+answer is an EMPTY mask the agent did not call "no such object".
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,9 @@ import sys
 from pathlib import Path
 
 from segloop.cli.options import OptionsError, add_config_arguments, config_from_args
+from segloop.cli.paths import check_out_folder
+
+EXIT_FAILED, EXIT_EMPTY = 1, 3
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,10 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policy", default="compact", choices=("compact", "transformers", "openai", "random"),
                         help="who chooses the actions (compact: the bundled offline agent)")
     parser.add_argument("--model", default=None, help="the policy's checkpoint (path or hub id), or the served "
-                                                      "model's name for --policy openai")
+                                                      "model's name for --policy openai (compact: the bundled one)")
     parser.add_argument("--segmenter", default="grabcut", choices=("grabcut", "sam2", "sam2-official"),
                         help="grabcut needs no weights")
-    parser.add_argument("--segmenter-model", default=None, help="SAM2 checkpoint (hub id or path)")
+    parser.add_argument("--segmenter-model", default=None, help="SAM2 checkpoint (hub id or path; default: the "
+                                                                "segmenter's own)")
     add_config_arguments(parser, EpisodeConfig)
     parser.add_argument("--verbose", action="store_true", help="print the model's whole text and observations")
 
@@ -38,13 +47,13 @@ def main(args: argparse.Namespace) -> int:
 
 async def _run(args: argparse.Namespace) -> int:
     from segloop.agent.episode import EpisodeConfig, EpisodeResult, save_episode
-    from segloop.policies import AgentSpec, build_agent
+    from segloop.agent.policy import unknown_words
+    from segloop.policies import AgentSpec, build_agent, unknown_words_note
     from segloop.tools.images import load_image
 
     if not args.query.strip():
         raise ValueError("the query is empty; say what to segment")
-    if args.out.exists() and not args.out.is_dir():
-        raise ValueError(f"--out {args.out} is a file; give a folder")
+    check_out_folder(args.out)
     try:
         episode = config_from_args(EpisodeConfig, args)
     except OptionsError as exc:
@@ -53,6 +62,8 @@ async def _run(args: argparse.Namespace) -> int:
     spec = AgentSpec(policy=args.policy, model=args.model, segmenter=args.segmenter,
                      segmenter_model=args.segmenter_model, episode=episode)
     agent = build_agent(spec)
+    if words := unknown_words(agent.policy, args.query):
+        print(f"note: {unknown_words_note(agent.policy.name, words)}", flush=True)
     result: EpisodeResult | None = None
     async for item in agent.stream(image, args.query, episode_id=args.out.name or "episode"):
         if isinstance(item, EpisodeResult):
@@ -70,10 +81,9 @@ async def _run(args: argparse.Namespace) -> int:
     assert result is not None
     folder = save_episode(result, args.out)
     t = result.trajectory
-    if t.policy_error:
-        print(f"segloop run: the policy failed: {t.policy_error}", file=sys.stderr)
-        return 1
-    how = "no such object" if t.no_target else f"mask of {t.final_area_share:.2%} of the image"
-    ending = "submitted" if t.submitted else "turn budget spent, last candidate kept"
-    print(f"{ending}: {how}, {len(t.turns)} turns; saved to {folder}")
-    return 0
+    if t.failure is not None:
+        print(f"segloop run: the episode FAILED ({t.failure.describe()}); it is not an answer. Turns so far "
+              f"saved to {folder}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"{t.outcome()}; saved to {folder}")
+    return EXIT_EMPTY if t.empty else 0

@@ -23,14 +23,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from segloop.agent.synth import SynthError, write_world
+    from segloop.cli.paths import check_out_folder
 
     if args.n < 1:
         print("segloop synth: --n must be at least 1", file=sys.stderr)
         return 2
     try:
+        check_out_folder(args.out)
         manifest = write_world(args.out, args.n, args.seed, args.size, args.difficulty, args.no_target_rate,
                                progress=not args.quiet)
-    except (SynthError, OSError) as exc:
+    except (SynthError, OSError, ValueError) as exc:
         print(f"segloop synth: {exc}", file=sys.stderr)
         return 2
     digest = hashlib.sha256(manifest.read_bytes()).hexdigest()[:12]

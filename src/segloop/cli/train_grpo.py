@@ -17,10 +17,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from segloop.cli.paths import check_out_folder
     from segloop.rl.grpo import GRPOConfig, train
 
     try:
         config = config_from_args(GRPOConfig, args)
+        check_out_folder(config.out)  # before any training starts
         summary = train(config, resume=args.resume)
     except (OptionsError, ValueError, ImportError, OSError) as exc:
         print(f"segloop train grpo: {str(exc).splitlines()[0]}", file=sys.stderr)

@@ -10,16 +10,19 @@ from segloop.cli.options import OptionsError, add_config_arguments, config_from_
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from segloop.policies import SCRIPTED
     from segloop.rl.sft import SFTConfig
 
-    add_config_arguments(parser, SFTConfig)
+    add_config_arguments(parser, SFTConfig, choices={"expert": SCRIPTED})
 
 
 def main(args: argparse.Namespace) -> int:
+    from segloop.cli.paths import check_out_folder
     from segloop.rl.sft import SFTConfig, train
 
     try:
         config = config_from_args(SFTConfig, args)
+        check_out_folder(config.out)  # before any training starts
         summary = train(config)
     except (OptionsError, ValueError, ImportError, OSError) as exc:
         print(f"segloop train sft: {str(exc).splitlines()[0]}", file=sys.stderr)
