@@ -318,7 +318,8 @@ def test_ctrl_c_says_what_is_saved_and_how_to_resume_and_a_second_writer_is_refu
     assert sorted(r["sample_id"] for r in read_finished(path)) == sorted(f"s/{i}" for i in range(n))
 
 
-SEGMENT_REPLY = '<tool_call>{"name": "segment", "arguments": {"bbox_2d": [20, 10, 200, 150]}}</tool_call>'
+# A box over part of the view: some targets inside it, some not (IoUs vary across samples).
+SEGMENT_REPLY = '<tool_call>{"name": "segment", "arguments": {"bbox_2d": [0, 0, 150, 168]}}</tool_call>'
 SUBMIT_REPLY = '<tool_call>{"name": "submit", "arguments": {}}</tool_call>'
 
 

@@ -304,3 +304,58 @@ def test_stop_cancels_the_episode_and_the_next_request_starts_afresh(session: De
     thread = session.thread_id
     session.thread_for(image_fingerprint(np.zeros((2, 2, 3), np.uint8)), choice.key)
     assert session.thread_id != thread
+
+
+def test_the_stop_button_ends_the_episode_within_the_turn(session: DemoSession, sample_image: str, serve,
+                                                         tmp_path: Path) -> None:
+    """Item 8, without a browser: ``request_stop`` (what the Stop button calls) while the server is thinking
+    ends the episode in that turn: no further requests, "Stopped after N turns", the turns kept and saved,
+    nothing offered as an answer, and the session ready for the next request."""
+    server = serve([SEGMENT_REPLY], delay=1.0)
+    backends = Backends(AgentSpec(episode=EpisodeConfig(max_turns=8)))
+    choice = BackendChoice(kind="openai", url=server.url, model="scripted")
+    assert not session.request_stop()  # nothing running: nothing to stop
+
+    async def run_then_stop() -> tuple[list[Screen], int]:
+        seen: list[Screen] = []
+        stream = respond(session, sample_image, "the red block", choice, backends, tmp_path / "out")
+        async for screen in stream:
+            seen.append(screen)
+            if screen.status.startswith("Turn 1 of at most"):
+                await asyncio.sleep(0.3)  # the second turn's request is now with the server
+                assert session.request_stop()
+                requests = server.requests
+        return seen, requests
+
+    seen, requests_at_stop = asyncio.run(run_then_stop())
+    time.sleep(1.5)
+    assert server.requests == requests_at_stop  # the turn in flight was cancelled; none came after it
+    last = seen[-1]
+    assert last.status.startswith("Stopped after 1 turn. The turns so far are saved to ")
+    assert last.status.endswith("The next request starts a new conversation.")
+    assert _titles(last.chat) == [turn_title(1, "segment")] and "**Stopped**" in last.chat[-1]["content"][0]
+    assert last.clear and last.files == [] and last.final is None
+    record = json.loads(next((tmp_path / "out").glob("*/trajectory.json")).read_text())
+    assert record["stopped"] and len(record["turns"]) == 1
+    assert not session.running and not session.stop_requested and session.interrupted
+    again = _run(session, sample_image, "the red block", BackendChoice(), backends, tmp_path / "out")
+    assert "Saved to" in again[-1].status and "Stopped" not in again[-1].status
+
+
+def test_the_final_mask_is_outlined_with_a_zoomed_inset_when_small(tmp_path: Path) -> None:
+    """Item 10: a target a few pixels wide is visible in the final picture."""
+    from segloop.demos.chat import final_overlay
+    from segloop.tools.overlay import CONTOUR_RGB, INSET_RGB
+
+    image = np.full((600, 800, 3), 90, np.uint8)
+    mask = np.zeros((600, 800), bool)
+    mask[500:506, 700:706] = True  # 6 px in an 800 px image
+    picture = final_overlay(image, mask)
+    assert picture.shape == (600, 800, 3)
+    outline = np.all(picture == CONTOUR_RGB, axis=-1)
+    assert outline.sum() > 6 * 6 * 4  # the outline alone covers more than the mask: thick and repeated in the inset
+    far_corner = picture[:300, :400]  # the inset sits in the corner farthest from the target
+    assert np.all(far_corner == INSET_RGB, axis=-1).any() and np.all(far_corner == CONTOUR_RGB, axis=-1).any()
+    big = np.zeros((600, 800), bool)
+    big[100:400, 100:500] = True
+    assert not np.all(final_overlay(image, big)[300:, 400:] == INSET_RGB, axis=-1).any()  # a large mask: no inset

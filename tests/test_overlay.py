@@ -111,3 +111,21 @@ def test_tint_matches_the_alpha_blend_and_a_given_base_is_reused_untouched() -> 
     assert np.array_equal(out[~near], image[~near])  # away from the mask and its contour: untouched
     with pytest.raises(ValueError, match="base"):
         render_overlay(image, view, mask, base=base[:10])
+
+
+def test_result_picture_keeps_a_one_pixel_mask_visible_and_outlines_the_truth() -> None:
+    """What a person sees of a result (report, demo): a mask of one pixel in a 3000-px image survives the shrink
+    to 768 px, outlined, with a zoomed inset; the ground truth is outlined in its own colour."""
+    from segloop.tools.overlay import CONTOUR_RGB, TRUTH_RGB, result_picture
+
+    image = np.zeros((2000, 3000, 3), np.uint8)
+    mask = np.zeros((2000, 3000), bool)
+    mask[1500, 2500] = True
+    truth = np.zeros((2000, 3000), bool)
+    truth[200:400, 300:600] = True
+    picture = result_picture(image, mask, truth, max_side=768)
+    assert picture.shape == (512, 768, 3)
+    assert np.all(picture == CONTOUR_RGB, axis=-1).sum() >= 4
+    assert np.all(picture == TRUTH_RGB, axis=-1).any()
+    plain = result_picture(image, None, None, max_side=768)
+    assert plain.shape == (512, 768, 3) and not plain.any()

@@ -46,6 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=None, help="only the first K samples (default: all)")
     parser.add_argument("--no-overlays", action="store_true", help="skip the per-episode PNGs")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.epilog = ("exit status: 0 every episode answered; 1 some episode FAILED (re-run the same command to run "
+                     "those again); 2 usage error; 130 interrupted (the same command resumes)")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -35,6 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                                 "segmenter's own)")
     add_config_arguments(parser, EpisodeConfig)
     parser.add_argument("--verbose", action="store_true", help="print the model's whole text and observations")
+    parser.epilog = ("exit status: 0 an answer (a mask, or 'no such object'); 1 the episode FAILED; 2 usage error; "
+                     "3 an EMPTY mask the agent did not call 'no such object'")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -2,8 +2,10 @@
 
 Upload an image (or pick a bundled sample), type what to segment, and the agent's turns stream in: its
 thought, its tool call and the overlay it saw. The final mask is drawn over the image and offered as a
-PNG and as COCO RLE JSON; every episode is saved as ``segloop run`` saves it. A follow-up request on the
-same image continues the same LangGraph thread. Each browser session keeps its own state.
+PNG and as COCO RLE JSON (not for a failed or EMPTY answer); every episode is saved as ``segloop run`` saves
+it. A follow-up request on the same image continues the same LangGraph thread as a new request: the agent
+looks again from the whole image. Stop ends the episode within the current turn. Each browser session keeps
+its own state.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ TITLE = "segloop: segment what a sentence asks for, by acting"
 INTRO = (
     "The agent looks at the image, zooms in, prompts the segmenter with boxes and points, inspects "
     "the mask and submits. Each turn below shows its reasoning, the tool call it wrote and the overlay "
-    "it was shown. Ask a follow-up about the same image to continue the conversation."
+    "it was shown. Stop ends the episode within the current turn. A follow-up on the same image is a new request "
+    "in the same conversation: the agent looks again from the whole image."
 )
 OFFLINE_LABEL = "offline agent (bundled)"
 OPENAI_LABEL = "OpenAI-compatible server"

@@ -146,6 +146,18 @@ async def respond(session: DemoSession, image_path: str | None, query: str, choi
                                    f"and zoom into (at least {MIN_IMAGE_SIDE} pixels on each side).")
         return
 
+    # From here until the request ends, the Stop button reaches it (``DemoSession.request_stop``).
+    session.running, session.stop_requested = True, False
+    try:
+        async for screen in _run(session, image, query, choice, backends, out_dir):
+            yield screen
+    finally:
+        session.running = session.stop_requested = False
+
+
+async def _run(session: DemoSession, image: np.ndarray, query: str, choice: BackendChoice, backends: Backends,
+               out_dir: Path) -> AsyncIterator[Screen]:
+    """The request on a usable image: the agent's episode, streamed."""
     thread_id, continues = session.thread_for(image_fingerprint(image), choice.key)
     episode_id = session.next_episode_id()
     user_content: list[Any] = [query]
@@ -160,6 +172,10 @@ async def respond(session: DemoSession, image_path: str | None, query: str, choi
         agent = await asyncio.to_thread(backends.agent, choice)
     except Exception as exc:  # a model that cannot load is a user-facing state, not a crash
         yield Screen(session.chat, describe_failure(exc))
+        return
+    if session.stop_requested:  # Stop while the model was loading: no episode was started
+        session.interrupted = True
+        yield _stopped(session, [], out_dir / episode_id)
         return
 
     from segloop.agent.episode import EpisodeResult, save_episode
@@ -181,7 +197,6 @@ async def respond(session: DemoSession, image_path: str | None, query: str, choi
         stopped.append(result)
 
     max_turns = backends.spec.episode.max_turns
-    session.running = True
     try:
         async with contextlib.aclosing(agent.stream(image, query, episode_id=episode_id, thread_id=thread_id,
                                                     on_stop=save_stopped)) as stream:
@@ -209,9 +224,6 @@ async def respond(session: DemoSession, image_path: str | None, query: str, choi
     except Exception as exc:
         session.interrupted = True
         yield Screen(session.chat, describe_failure(exc))
-    finally:
-        session.running = False
-        session.stop_requested = False
 
 
 _STOP = object()

@@ -6,6 +6,7 @@ turn on a 2048x2048 or larger image costs what the view's model-size picture cos
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import cv2
@@ -201,13 +202,21 @@ def result_picture(image: np.ndarray, mask: np.ndarray | None = None, truth: np.
                           interpolation=cv2.INTER_NEAREST)
         _outline(zoomed, crop, colour, inset_thickness)
     cv2.rectangle(canvas, (rx1, ry1), (rx1 + side - 1, ry1 + side - 1), INSET_RGB, max(1, thickness // 2))
-    # The corner farthest from the target.
-    left = cx >= small_w / 2
-    top = cy >= small_h / 2
+    # The corner that hides least of the masks and not the marked region; of those, the farthest from it.
     margin = max(2, thickness)
-    ix = margin if left else small_w - inset_side - margin
-    iy = margin if top else small_h - inset_side - margin
-    ix, iy = max(0, ix), max(0, iy)
+    covered = np.zeros((small_h, small_w), bool)
+    for layer, _ in layers:
+        covered |= layer
+    covered[ry1 : ry1 + side, rx1 : rx1 + side] = True
+
+    def cost(corner: tuple[int, int]) -> tuple[int, float]:
+        x, y = corner
+        hidden = int(covered[y : y + inset_side, x : x + inset_side].sum())
+        return hidden, -math.hypot(x + inset_side / 2 - cx, y + inset_side / 2 - cy)
+
+    corners = [(max(0, x), max(0, y)) for x in (margin, small_w - inset_side - margin)
+               for y in (margin, small_h - inset_side - margin)]
+    ix, iy = min(corners, key=cost)
     inset_w = min(inset_side, small_w - ix)
     inset_h = min(inset_side, small_h - iy)
     canvas[iy : iy + inset_h, ix : ix + inset_w] = zoomed[:inset_h, :inset_w]
