@@ -32,16 +32,26 @@ CSS = """
 /* Tool calls and long observations wrap instead of being clipped. */
 #turns pre, #turns code { white-space: pre-wrap !important; overflow-wrap: anywhere; word-break: break-word; }
 """
-# Scrolls the chat to its newest turn whenever it changes (also after its images load, which grows it).
+# Keeps the chat on its newest turn as turns stream in and their images load (which grows it after Gradio's
+# own autoscroll ran), unless the person has scrolled up to read: then it stays where they are.
 FOLLOW_JS = """
 () => {
-  const follow = () => {
+  const pinned = new WeakMap();
+  const scrollers = () => {
     const box = document.querySelector('#turns');
-    if (!box) return;
-    for (const el of [box, ...box.querySelectorAll('*')]) {
-      if (el.scrollHeight > el.clientHeight + 4 && getComputedStyle(el).overflowY.match(/auto|scroll/)) {
-        el.scrollTop = el.scrollHeight;
+    if (!box) return [];
+    return [box, ...box.querySelectorAll('*')].filter(el => el.scrollHeight > el.clientHeight + 4
+      && getComputedStyle(el).overflowY.match(/auto|scroll/));
+  };
+  const follow = () => {
+    for (const el of scrollers()) {
+      if (!pinned.has(el)) {
+        pinned.set(el, true);
+        el.addEventListener('scroll', () => {
+          pinned.set(el, el.scrollTop + el.clientHeight >= el.scrollHeight - 40);
+        });
       }
+      if (pinned.get(el)) el.scrollTop = el.scrollHeight;
     }
   };
   new MutationObserver(follow).observe(document.body, {childList: true, subtree: true});
