@@ -157,7 +157,10 @@ def test_results_record_what_made_them_and_another_configuration_is_refused(tmp_
     out = tmp_path / "run"
     assert batch(manifest, out, "--max-turns", "6", "--seed", "3") == 0
     printed = capsys.readouterr().out
-    assert "made by: policy=oracle, policy_options.max_side=224, segmenter=grabcut, episode.max_turns=6" in printed
+    assert ("made by: policy=oracle, model=(default), policy_options.max_side=224, segmenter=grabcut, "
+            "segmenter_model=(default), episode.max_turns=6, episode.zoom_min_side=28") in printed
+    assert "policy settings: name=oracle, frame=pixels, max_side=224" in printed
+    assert re.search(r"segloop \S+ \((\w+|no git checkout)", printed)
     provenance = json.loads((out / "metrics.json").read_text())["provenance"]
     agent = provenance["configuration"]["agent"]
     assert agent["policy"] == "oracle" and agent["segmenter"] == "grabcut" and agent["model"] is None

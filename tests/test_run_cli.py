@@ -40,6 +40,11 @@ def test_run_prints_each_turn_and_saves_the_episode(image_path, tmp_path, capsys
             assert (out / turn.observation_image).is_file()
     assert (out / "mask.png").is_file()
     assert json.loads((out / "trajectory.json").read_text())["query"] == "the red disc"
+    made = json.loads((out / "run.json").read_text())  # what made the episode (item 3)
+    assert made["configuration"]["agent"]["policy"] == "random" and made["configuration"]["agent"]["episode"][
+        "max_turns"] == 5
+    assert made["configuration"]["image"] == str(image_path.resolve()) and made["policy_settings"]["name"] == "random"
+    assert made["segloop"] and made["host"] and made["started"] <= made["ended"] and "git_commit" in made
 
 
 @pytest.mark.parametrize(("args", "message"), [

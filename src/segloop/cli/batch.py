@@ -73,9 +73,11 @@ def summary_text(metrics: dict[str, Any], out: Path) -> str:
 
     provenance = metrics.get("provenance", {})
     configuration = flatten(provenance.get("configuration", {}))
-    made_by = ", ".join(f"{k.removeprefix('agent.')}={v}" for k, v in configuration.items() if v not in (None, {}, []))
+    made_by = ", ".join(f"{k.removeprefix('agent.')}={'(default)' if v is None else v}"
+                        for k, v in configuration.items() if v not in ({}, []))
+    settings = ", ".join(f"{k}={v}" for k, v in (provenance.get("policy_settings") or {}).items())
     commit = provenance.get("git_commit") or "no git checkout"
-    lines = [f"made by: {made_by}",
+    lines = [f"made by: {made_by}", f"policy settings: {settings}",
              f"segloop {provenance.get('segloop')} ({commit}) on {provenance.get('host')}, "
              f"{provenance.get('started')} to {provenance.get('ended')}"]
     failed, n = metrics["failed"], metrics["n"]

@@ -1,5 +1,5 @@
 """``segloop run IMAGE "QUERY" --out DIR``: one episode on one image, printed turn by turn and saved
-(``trajectory.json``, one overlay PNG per turn, ``mask.png``).
+(``trajectory.json``, one overlay PNG per turn, ``mask.png``, and ``run.json``: what made it).
 
 Exit status: 0 for an answer (a mask, or "no such object"), 1 when the episode failed (the policy or the
 segmenter could not go on), 2 for a usage error (bad flags, an unreadable or too small image), 3 when the
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 from pathlib import Path
 
@@ -50,7 +51,8 @@ def main(args: argparse.Namespace) -> int:
 async def _run(args: argparse.Namespace) -> int:
     from segloop.agent.episode import EpisodeConfig, EpisodeResult, save_episode
     from segloop.agent.policy import unknown_words
-    from segloop.policies import AgentSpec, build_agent, unknown_words_note
+    from segloop.agent.provenance import environment, now
+    from segloop.policies import AgentSpec, build_agent, policy_settings, unknown_words_note
     from segloop.tools.images import load_image
 
     if not args.query.strip():
@@ -64,6 +66,7 @@ async def _run(args: argparse.Namespace) -> int:
     spec = AgentSpec(policy=args.policy, model=args.model, segmenter=args.segmenter,
                      segmenter_model=args.segmenter_model, episode=episode)
     agent = build_agent(spec)
+    started = now()
     if words := unknown_words(agent.policy, args.query):
         print(f"note: {unknown_words_note(agent.policy.name, words)}", flush=True)
     result: EpisodeResult | None = None
@@ -82,6 +85,11 @@ async def _run(args: argparse.Namespace) -> int:
             print(f"  -> {item.observation.splitlines()[0]}")
     assert result is not None
     folder = save_episode(result, args.out)
+    # What made this episode, next to it (as a batch's run.json).
+    record = {"configuration": {"agent": spec.model_dump(mode="json"), "image": str(args.image.resolve()),
+                                "query": args.query},
+              "policy_settings": policy_settings(agent.policy), **environment(), "started": started, "ended": now()}
+    (folder / "run.json").write_text(json.dumps(record, indent=1))
     t = result.trajectory
     if t.failure is not None:
         print(f"segloop run: the episode FAILED ({t.failure.describe()}); it is not an answer. Turns so far "
