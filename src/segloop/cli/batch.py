@@ -73,8 +73,13 @@ def summary_text(metrics: dict[str, Any], out: Path) -> str:
 
     provenance = metrics.get("provenance", {})
     configuration = flatten(provenance.get("configuration", {}))
-    made_by = ", ".join(f"{k.removeprefix('agent.')}={'(default)' if v is None else v}"
-                        for k, v in configuration.items() if v not in ({}, []))
+    def shown(key: str, value: Any) -> Any:
+        if value is None:  # a model left to its default (compact: the bundled checkpoint); an unseeded episode
+            return "(default)" if key.endswith("model") else "none"
+        return value
+
+    made_by = ", ".join(f"{k.removeprefix('agent.')}={shown(k, v)}" for k, v in configuration.items()
+                        if v not in ({}, []))
     settings = ", ".join(f"{k}={v}" for k, v in (provenance.get("policy_settings") or {}).items())
     commit = provenance.get("git_commit") or "no git checkout"
     lines = [f"made by: {made_by}", f"policy settings: {settings}",
@@ -85,8 +90,8 @@ def summary_text(metrics: dict[str, Any], out: Path) -> str:
         lines.append(f"ALL {n} EPISODES FAILED: there are no results to score.")
     else:
         lines.append(format_table(metrics))
-        lines.append(f"answers: {metrics['masks']} masks, {metrics['empty']} EMPTY masks (submitted without "
-                     f"'no such object'), {metrics['no_target_answers']} 'no such object'"
+        lines.append(f"answers: {_count(metrics['masks'], 'mask')}, {_count(metrics['empty'], 'EMPTY mask')} "
+                     f"(submitted without 'no such object'), {metrics['no_target_answers']} 'no such object'"
                      + (f"; {failed} FAILED (counted as IoU 0)" if failed else ""))
         lines.append(f"mean turns {metrics['turns']:.2f}, valid actions {metrics['valid_rate']:.2%}, "
                      f"{metrics['episodes_per_s']:.2f} episodes/s")
@@ -102,6 +107,10 @@ def summary_text(metrics: dict[str, Any], out: Path) -> str:
                      "its answers to them are guesses")
     lines.append(f"results in {out} (metrics.json, report.html)")
     return "\n".join(lines)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _interrupted(args: argparse.Namespace) -> None:
