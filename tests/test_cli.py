@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from segloop.cli import COMMANDS
@@ -79,7 +80,7 @@ def test_an_out_that_cannot_be_a_folder_is_refused_before_any_work(argv: list[st
 
     blocker = _file(tmp_path)
     out = blocker / "sub" if inside else blocker
-    image = save_image(__import__("numpy").zeros((64, 64, 3), "uint8"), tmp_path / "img.png")
+    image = save_image(np.zeros((64, 64, 3), np.uint8), tmp_path / "img.png")
     manifest = tmp_path / "m.jsonl"
     manifest.write_text('{"id": "a", "image": "img.png", "query": "x", "mask": null}\n')
     swap = {"OUT": str(out), "IMAGE": str(image), "MANIFEST": str(manifest)}

@@ -5,11 +5,10 @@ arguments, on a PATH without apt-get or chromium; ``pyproject.toml`` uses the SP
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
-
-import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 STUB = """#!/bin/sh
@@ -62,6 +61,6 @@ def test_dev_setup_without_apt_skips_chromium_in_one_line(tmp_path: Path) -> Non
 
 
 def test_the_licence_is_an_spdx_expression() -> None:
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    assert project["license"] == "Apache-2.0"  # a string, not the deprecated {text = ...} table
-    assert not any(c.startswith("License ::") for c in project.get("classifiers", []))
+    text = (ROOT / "pyproject.toml").read_text()  # (tomllib is 3.11+; segloop supports 3.10)
+    assert re.search(r'^license = "Apache-2.0"$', text, re.MULTILINE)  # not the deprecated {text = ...} table
+    assert "License ::" not in text  # no licence classifier next to an SPDX expression
