@@ -122,6 +122,15 @@ def test_a_bad_image_gives_a_clear_status(session: DemoSession, tmp_path: Path, 
     assert session.chat == []
 
 
+def test_a_tiny_image_gives_a_clear_status(session: DemoSession, tmp_path: Path) -> None:
+    """Item 12: a 1x1 upload is refused in one line, before any turn."""
+    tiny = save_image(np.zeros((1, 1, 3), np.uint8), tmp_path / "tiny.png")
+    (screen,) = _run(session, str(tiny), "the red square", BackendChoice(), Backends(AgentSpec()), tmp_path)
+    assert screen.status == ("This image cannot be used: it is 1x1 pixels, too small to look at and zoom into "
+                             "(at least 28 pixels on each side).")
+    assert session.chat == [] and not session.running
+
+
 def test_a_truncated_image_gives_a_clear_status(session: DemoSession, sample_image: str, tmp_path: Path) -> None:
     data = Path(sample_image).read_bytes()
     truncated = tmp_path / "truncated.png"
