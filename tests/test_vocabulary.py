@@ -40,6 +40,7 @@ def test_run_says_so_in_one_line_and_still_runs(tmp_path: Path, capsys: pytest.C
     assert len(notes) == 1 and "does not know the word 'bus'" in notes[0]
     assert "vision-language model" in notes[0] and "--policy openai" in notes[0]
     assert code in (0, 3)  # it ran: an answer (a mask, or an EMPTY one), not a failure
+    assert "(a guess: the policy does not know 'bus'); saved to" in printed[-1]
     assert json.loads((out / "trajectory.json").read_text())["unknown_words"] == ["bus"]
 
 

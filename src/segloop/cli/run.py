@@ -95,5 +95,6 @@ async def _run(args: argparse.Namespace) -> int:
         print(f"segloop run: the episode FAILED ({t.failure.describe()}); it is not an answer. Turns so far "
               f"saved to {folder}", file=sys.stderr)
         return EXIT_FAILED
-    print(f"{t.outcome()}; saved to {folder}")
+    guess = f" (a guess: the policy does not know {', '.join(map(repr, t.unknown_words))})" if t.unknown_words else ""
+    print(f"{t.outcome()}{guess}; saved to {folder}")
     return EXIT_EMPTY if t.empty else 0

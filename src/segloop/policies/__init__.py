@@ -106,8 +106,8 @@ _SETTINGS = ("name", "model", "base_url", "frame", "max_side", "greedy", "temper
              "max_new_tokens", "seed", "timeout_s", "max_retries", "concurrency", "device")
 # How to run an open-vocabulary agent: what ``unknown_words_note`` points to.
 VLM_COMMAND = ('segloop run IMAGE "QUERY" --out DIR --policy openai --model Qwen/Qwen2.5-VL-7B-Instruct '
-               '--base-url http://localhost:8000/v1 (after `vllm serve Qwen/Qwen2.5-VL-7B-Instruct`), or '
-               '--policy transformers --model Qwen/Qwen2.5-VL-7B-Instruct')
+               '(with `vllm serve Qwen/Qwen2.5-VL-7B-Instruct` on localhost:8000), or --policy transformers '
+               '--model Qwen/Qwen2.5-VL-7B-Instruct')
 
 
 def policy_settings(policy: Policy) -> dict[str, Any]:
