@@ -1,29 +1,41 @@
-"""``OpenAIPolicy`` against a real local HTTP server speaking the chat-completions protocol."""
+"""``OpenAIPolicy`` against a real local HTTP server speaking the chat-completions protocol: the response shapes
+vLLM documents (plain content, hermes ``tool_calls``, ``reasoning``/``reasoning_content``), both tool modes,
+history hygiene, and every fault the retry rules name."""
 
 import asyncio
+import logging
 import socket
-import time
 
 import numpy as np
 import pytest
-from support.openai_server import OpenAIServer, scripted_turns
+from support.openai_server import Fault, OpenAIServer, scripted_turns
 
-from segloop.agent.actions import Segment, Submit, ZoomIn, format_call
+from segloop.agent.actions import Segment, Submit, ZoomIn, format_call, tool_schemas
 from segloop.agent.episode import Agent, EpisodeConfig
 from segloop.agent.policy import ChatMessage, PolicyContext
 from segloop.policies import build_policy
-from segloop.policies.chat import TOOL_CLOSE, TOOL_OPEN
-from segloop.policies.openai_compat import OpenAIPolicy, OpenAIPolicyError
+from segloop.policies.chat import IMAGE_STUB, TOOL_CLOSE, TOOL_OPEN, turn_from_message
+from segloop.policies.openai_compat import OpenAIConfig, OpenAIPolicy, OpenAIPolicyError
 from segloop.tools.encoding import decode_data_url
 from segloop.tools.segmenters import build_segmenter
 from segloop.tools.views import full_view, render_view
 
 SCRIPT = [format_call(ZoomIn(bbox_2d=[0, 0, 150, 120])), format_call(Segment(bbox_2d=[10, 10, 90, 80])),
           "<think>good</think>" + format_call(Submit())]
+FAST = {"backoff": 0.01}
 
 
 def _image(seed: int, height: int = 160, width: int = 200) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 255, (height, width, 3), dtype=np.uint8)
+
+
+def _smooth(height: int = 375, width: int = 500) -> np.ndarray:
+    """A photo-like image (smooth gradients and a few shapes) for byte counts."""
+    y, x = np.mgrid[0:height, 0:width]
+    image = np.stack([x * 255 // width, y * 255 // height, (x + y) * 255 // (width + height)], axis=-1)
+    image = image.astype(np.uint8)
+    image[100:180, 120:260] = (200, 40, 40)
+    return image
 
 
 def _context(episode_id: str = "e") -> PolicyContext:
@@ -34,97 +46,295 @@ def _context(episode_id: str = "e") -> PolicyContext:
                          view=view, view_depth=0, image_size=(200, 160), turn=0, max_turns=4)
 
 
-def test_a_scripted_episode_through_the_graph_and_the_wire() -> None:
+def _episode(server: OpenAIServer, image: np.ndarray | None = None, max_turns: int = 6, **options):
+    policy = build_policy("openai", model="tiny", base_url=server.base_url, **{**FAST, **options})
+    agent = Agent(policy, build_segmenter("box"), EpisodeConfig(max_turns=max_turns))
+    result = asyncio.run(agent.run(_image(1) if image is None else image, "the red thing", episode_id="wire"))
+    return policy, result.trajectory
+
+
+# --- the shapes servers answer with ----------------------------------------------------------------------------
+def test_a_prompt_mode_episode_through_the_graph_and_the_wire() -> None:
     with OpenAIServer(script=scripted_turns(SCRIPT)) as server:
-        policy = build_policy("openai", model="tiny", base_url=server.base_url, max_side=224)
-        agent = Agent(policy, build_segmenter("grabcut"), EpisodeConfig(max_turns=6))
-        result = asyncio.run(agent.run(_image(1), "the red thing", episode_id="wire"))
-    trajectory = result.trajectory
+        policy, trajectory = _episode(server)
     assert [t.action["name"] for t in trajectory.turns] == ["zoom_in", "segment", "submit"]
-    assert [t.raw_text for t in trajectory.turns] == SCRIPT  # stop string cut by the server, put back
-    assert len(server.requests) == 3
+    assert [t.raw_text for t in trajectory.turns] == SCRIPT  # the stop string cut by the server, put back
     last = server.requests[-1]
-    assert last["model"] == "tiny" and last["stop"] == ["</tool_call>"]
+    assert last["model"] == "tiny" and last["stop"] == ["</tool_call>"] and "tools" not in last
+    assert last["stream"] is False
     roles = [m["role"] for m in last["messages"]]
     assert roles == ["system", "user", "assistant", "user", "assistant", "user"]
-    # The first user turn: the full view as a lossless PNG data URL, then the text.
+    assert "<tools>" in last["messages"][0]["content"]  # prompt mode: the schemas are in the system prompt
+    # The first user turn: the full view as a JPEG data URL, at the image's own size (not enlarged to 1024).
     first = last["messages"][1]["content"]
     assert first[0]["type"] == "image_url" and first[1]["type"] == "text"
+    assert first[0]["image_url"]["url"].startswith("data:image/jpeg;base64,")
     shown = decode_data_url(first[0]["image_url"]["url"])
-    assert np.array_equal(shown, render_view(_image(1), full_view(200, 160, 224)))  # pixel for pixel
+    assert shown.shape == (168, 196, 3)  # 200x160 -> 196 (28-multiple below 200) x 168 (nearest multiple)
+    assert "196x168 pixels" in first[1]["text"]
     # An observation: a user turn wrapped in <tool_response>, its picture inside the wrapper.
     observation = last["messages"][3]["content"]
     assert observation[0] == {"type": "text", "text": TOOL_OPEN}
     assert observation[1]["type"] == "image_url"
     assert observation[2]["text"].endswith(TOOL_CLOSE)
     assert observation[2]["text"][: -len(TOOL_CLOSE)] == trajectory.turns[0].observation
-    assert policy.usage["requests"] == 3 and policy.usage["completion_tokens"] > 0
+    info = trajectory.turns[0].policy_info
+    assert info["statuses"] == [200] and info["retries"] == 0 and info["source"] == "content"
+    assert info["request_bytes"] == server.request_sizes[0] and info["usage"]["completion_tokens"] > 0
+    assert info["finish_reason"] == "stop" and info["images_sent"] == 1
+    assert trajectory.turns[2].policy_info["request_bytes"] == server.request_sizes[2]
+    assert policy.usage["requests"] == 3 and policy.usage["request_bytes"] == sum(server.request_sizes)
 
 
-def test_5xx_and_429_are_retried_with_backoff() -> None:
-    for status in (500, 429):
+def test_png_is_lossless_when_asked_and_views_are_never_enlarged() -> None:
+    with OpenAIServer(script=scripted_turns([format_call(Submit())])) as server:
+        _episode(server, image_format="png")
+        _episode(server, image=_image(1, 40, 60), image_format="png")
+        _episode(server, image=_image(1, 900, 1400), image_format="png", max_side=448)
+    urls = [r["messages"][1]["content"][0]["image_url"]["url"] for r in server.requests]
+    assert all(u.startswith("data:image/png;base64,") for u in urls)
+    shown = [decode_data_url(u) for u in urls]
+    assert np.array_equal(shown[0], render_view(_image(1), full_view(200, 160, 1024, upscale=False)))  # exact pixels
+    assert shown[1].shape == (28, 56, 3)  # a 60x40 image stays small
+    assert shown[2].shape == (280, 448, 3)  # a large one is shrunk to max_side
+
+
+@pytest.mark.parametrize("field", ["reasoning", "reasoning_content"])
+def test_a_reasoning_parser_answer_is_read_as_one_turn(field: str) -> None:
+    script = ["<think>the red one is at the top</think>" + format_call(Submit())]
+    with OpenAIServer(script=scripted_turns(script), reasoning_parser=field) as server:
+        _, trajectory = _episode(server)
+    message = server.requests and trajectory.turns[0]
+    assert message.raw_text == script[0] and message.thought == "the red one is at the top"
+    assert trajectory.submitted
+
+
+def test_hermes_tool_calls_in_native_mode_and_the_history_sent_back() -> None:
+    with OpenAIServer(script=scripted_turns(SCRIPT), tool_parser=True, reasoning_parser="reasoning") as server:
+        _, trajectory = _episode(server, tool_mode="native")
+    assert [t.action["name"] for t in trajectory.turns] == ["zoom_in", "segment", "submit"]
+    assert [t.raw_text for t in trajectory.turns] == SCRIPT
+    assert [t.policy_info["source"] for t in trajectory.turns] == ["tool_calls"] * 3
+    assert [t.policy_info["finish_reason"] for t in trajectory.turns] == ["tool_calls"] * 3
+    first, last = server.requests[0], server.requests[-1]
+    assert first["tools"] == tool_schemas() and "tool_choice" not in first
+    assert "<tools>" not in first["messages"][0]["content"]  # the template writes them from tools=
+    roles = [m["role"] for m in last["messages"]]
+    assert roles == ["system", "user", "assistant", "tool", "user", "assistant", "tool", "user"]
+    call = last["messages"][2]["tool_calls"][0]
+    assert call["id"] == "call00001" and call["function"]["name"] == "zoom_in"
+    assert call["function"]["arguments"] == '{"bbox_2d": [0, 0, 150, 120]}'
+    assert last["messages"][3] == {"role": "tool", "tool_call_id": "call00001",
+                                   "content": trajectory.turns[0].observation}
+    assert last["messages"][4]["content"][0]["type"] == "image_url"  # the observation's picture follows
+    assert last["messages"][6]["tool_call_id"] == "call00002"
+
+
+def test_prompt_mode_on_a_server_with_a_tool_parser_gets_the_call_as_text() -> None:
+    with OpenAIServer(script=scripted_turns(SCRIPT), tool_parser=True) as server:
+        _, trajectory = _episode(server)
+    assert [t.policy_info["source"] for t in trajectory.turns] == ["content"] * 3
+    assert trajectory.submitted
+
+
+def test_native_mode_without_a_tool_parser_is_refused_once_and_required_works() -> None:
+    with OpenAIServer(script=scripted_turns(SCRIPT)) as server:
+        _, trajectory = _episode(server, tool_mode="native")
+        assert len(server.requests) == 1  # a deterministic 400 is not sent again
+        assert "--enable-auto-tool-choice" in trajectory.policy_error and "HTTP 400" in trajectory.policy_error
+        _, trajectory = _episode(server, tool_mode="native", tool_choice="required")
+    assert server.requests[-1]["tool_choice"] == "required"
+    assert [t.action["name"] for t in trajectory.turns] == ["zoom_in", "segment", "submit"]
+    assert trajectory.turns[2].raw_text == format_call(Submit())  # guided JSON: no thought
+
+
+def test_turn_from_message_reads_every_shape() -> None:
+    call = format_call(Segment(bbox_2d=[1, 2, 30, 40]))
+    assert turn_from_message({"content": [{"type": "text", "text": "<think>a</think>"},
+                                          {"type": "text", "text": call}]}) == (f"<think>a</think>{call}", "content")
+    # content cut after its call, as `stop` would have done
+    assert turn_from_message({"content": call + "<|im_end|>more"}) == (call, "content")
+    structured = {"function": {"name": "segment", "arguments": '{"bbox_2d": [1, 2, 30, 40]}'}}
+    assert turn_from_message({"content": None, "tool_calls": [structured]}) == (call, "tool_calls")
+    assert turn_from_message({"content": "I look left.", "tool_calls": [structured]}) == (
+        f"<think>I look left.</think>{call}", "tool_calls")
+    dict_args = {"function": {"name": "segment", "arguments": {"bbox_2d": [1, 2, 30, 40]}}}
+    assert turn_from_message({"content": "", "tool_calls": [dict_args], "reasoning_content": "r"}) == (
+        f"<think>r</think>{call}", "tool_calls")
+    broken = {"function": {"name": "segment", "arguments": '{"bbox_2d": [1, 2'}}
+    text, source = turn_from_message({"content": "", "tool_calls": [broken]})
+    from segloop.agent.actions import parse_turn
+
+    assert source == "tool_calls" and parse_turn(text).error.kind == "bad_json"  # the model is told
+    assert turn_from_message({"content": "<think>only thinking</think>"}) == ("<think>only thinking</think>", "none")
+    assert turn_from_message({"content": None}) == ("", "none")
+
+
+# --- history hygiene -------------------------------------------------------------------------------------------
+def test_special_token_strings_are_not_echoed_to_the_server() -> None:
+    script = ["<think>I see <|image_pad|><|im_start|> here</think>" + format_call(ZoomIn(bbox_2d=[0, 0, 100, 80])),
+              format_call(Submit())]
+    with OpenAIServer(script=scripted_turns(script), reject_special_tokens=True) as server:
+        _, trajectory = _episode(server)
+        assert trajectory.submitted and trajectory.turns[0].raw_text == script[0]  # recorded as written
+        assert server.requests[1]["messages"][2]["content"].startswith("<think>I see  here</think>")
+        _, trajectory = _episode(server, special_tokens="none")
+    assert trajectory.policy_error is not None and "HTTP 500" in trajectory.policy_error
+    assert server.statuses[-2:] == [500, 500]  # an unexplained 500 is retried once, not more
+
+
+def test_keep_images_sends_only_the_last_pictures() -> None:
+    with OpenAIServer(script=scripted_turns(SCRIPT)) as server:
+        _, full = _episode(server, image=_smooth())
+        _, kept = _episode(server, image=_smooth(), keep_images=1)
+    everything, last_only = server.requests[2], server.requests[5]
+    images = [p for m in last_only["messages"] if isinstance(m["content"], list)
+              for p in m["content"] if p["type"] == "image_url"]
+    assert len(images) == 1
+    assert last_only["messages"][-1]["content"][1]["type"] == "image_url"  # the newest picture is the one sent
+    assert last_only["messages"][1]["content"].startswith(IMAGE_STUB)
+    assert server.request_sizes[5] < server.request_sizes[2] / 2
+    assert [t.policy_info["images_sent"] for t in kept.turns] == [1, 1, 1]
+    assert [t.policy_info["images_sent"] for t in full.turns] == [1, 2, 3]
+    assert [t.action for t in kept.turns] == [t.action for t in full.turns]
+    del everything
+
+
+# --- faults ----------------------------------------------------------------------------------------------------
+def test_transient_failures_are_retried_with_backoff_and_recorded() -> None:
+    for status in (503, 429, 502):
         with OpenAIServer(script=scripted_turns(SCRIPT), fail_first=2, fail_status=status) as server:
-            policy = OpenAIPolicy("tiny", base_url=server.base_url, backoff_s=0.05, max_retries=3)
-            tic = time.perf_counter()
+            policy = OpenAIPolicy("tiny", base_url=server.base_url, backoff=0.05, retries=3)
             turn = asyncio.run(policy.act(_context()))
-            elapsed = time.perf_counter() - tic
         assert turn.text == SCRIPT[0]
+        assert turn.info["statuses"] == [status, status, 200] and turn.info["retries"] == 2
+        assert turn.info["waited_s"] == pytest.approx(0.05 + 0.1)  # backoff 0.05, then 0.1
         assert len(server.requests) == 3 and policy.usage["retries"] == 2
         assert "seed" not in server.requests[0]
-        assert elapsed >= 0.05 + 0.1  # backoff 0.05 then 0.1
+
+
+def test_retry_after_is_honoured_in_seconds_and_dates_up_to_the_cap() -> None:
+    faults = [Fault(status=503, retry_after="0.3"), Fault(status=429, retry_after="Wed, 21 Oct 2015 07:28:00 GMT"),
+              Fault(status=503, retry_after="30")]
+    with OpenAIServer(script=scripted_turns(SCRIPT), faults=faults) as server:
+        policy = OpenAIPolicy("tiny", base_url=server.base_url, backoff=5.0, retry_after_cap=0.5)
+        turn = asyncio.run(policy.act(_context()))
+    # 0.3 s as asked; a date in the past: no wait; 30 s asked: the 0.5 s cap.
+    assert turn.info["statuses"] == [503, 429, 503, 200]
+    assert turn.info["waited_s"] == pytest.approx(0.3 + 0.0 + 0.5)
 
 
 def test_retries_are_bounded_and_the_error_says_why() -> None:
     with OpenAIServer(script=scripted_turns(SCRIPT), fail_first=100, fail_status=503) as server:
-        policy = OpenAIPolicy("tiny", base_url=server.base_url, backoff_s=0.01, max_retries=2)
-        with pytest.raises(OpenAIPolicyError, match=r"after 3 attempts: HTTP 503"):
+        policy = OpenAIPolicy("tiny", base_url=server.base_url, backoff=0.01, retries=2)
+        with pytest.raises(OpenAIPolicyError, match=r"HTTP 503: injected failure \(3 attempts: 503, 503, 503"):
             asyncio.run(policy.act(_context()))
     assert len(server.requests) == 3
+
+
+@pytest.mark.parametrize(("fault", "sent", "message"), [
+    (Fault(status=400, body="This model's maximum context length is 32768 tokens"), 1, "HTTP 400: This model"),
+    (Fault(status=422, body="Unexpected fields in the request"), 1, "HTTP 422"),
+    (Fault(status=500, body="Error in chat template: jinja2 undefined"), 1, "HTTP 500: Error in chat template"),
+    (Fault(status=401, body="invalid API key"), 1, "HTTP 401"),
+])
+def test_deterministic_refusals_are_not_retried(fault: Fault, sent: int, message: str) -> None:
+    with OpenAIServer(script=scripted_turns(SCRIPT), faults=[fault] * 3) as server:
+        policy = OpenAIPolicy("tiny", base_url=server.base_url, backoff=0.01)
+        with pytest.raises(OpenAIPolicyError, match=message):
+            asyncio.run(policy.act(_context()))
+    assert len(server.requests) == sent
+
+
+def test_a_proxy_413_ends_the_episode_with_a_clear_reason() -> None:
+    with OpenAIServer(script=scripted_turns(SCRIPT), max_body_bytes=20_000) as server:
+        _, trajectory = _episode(server, image=_smooth(), image_format="png")
+    assert server.statuses == [413]
+    assert "HTTP 413: 413 Request Entity Too Large: the request of" in trajectory.policy_error
+    assert "--keep-images" in trajectory.policy_error and "not sent again" in trajectory.policy_error
+
+
+def test_a_malformed_200_is_retried_once() -> None:
+    with OpenAIServer(script=scripted_turns(SCRIPT), faults=[Fault(malformed=True)]) as server:
+        turn = asyncio.run(OpenAIPolicy("tiny", base_url=server.base_url, **FAST).act(_context()))
+    assert turn.text == SCRIPT[0] and turn.info["statuses"] == [200, 200]
+    with OpenAIServer(script=scripted_turns(SCRIPT), faults=[Fault(malformed=True)] * 2) as server:
+        with pytest.raises(OpenAIPolicyError, match="answered 200 twice with a body that is not a chat completion"):
+            asyncio.run(OpenAIPolicy("tiny", base_url=server.base_url, **FAST).act(_context()))
+
+
+def test_a_server_failing_on_stop_is_detected_once_and_said_once(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="segloop.openai"), \
+            OpenAIServer(script=scripted_turns(SCRIPT), reject_stop=True) as server:
+        _, trajectory = _episode(server)
+    assert trajectory.submitted and [t.raw_text for t in trajectory.turns] == SCRIPT
+    assert server.statuses == [500, 200, 200, 200]  # one request with stop, then none carries it
+    assert ["stop" in r for r in server.requests] == [True, False, False, False]
+    assert [t.policy_info.get("stop_sent") for t in trajectory.turns] == [False] * 3
+    warnings = [r for r in caplog.records if "stop" in r.getMessage()]
+    assert len(warnings) == 1 and "fails requests that carry `stop`" in warnings[0].getMessage()
+
+
+def test_a_hung_server_or_a_trickled_body_is_cut_at_the_deadline() -> None:
+    for fault in (Fault(hang_s=30), Fault(trickle_s=0.05)):
+        with OpenAIServer(script=scripted_turns(SCRIPT), faults=[fault, fault]) as server:
+            policy = OpenAIPolicy("tiny", base_url=server.base_url, request_timeout=0.4, backoff=0.01)
+            with pytest.raises(OpenAIPolicyError, match=r"no complete answer within 0.4 s, twice \(2 attempts: "
+                                                        r"timeout, timeout"):
+                asyncio.run(policy.act(_context()))
+        assert len(server.requests) == 2
+    # A timed-out attempt does not spoil the slot: the retry answers.
+    with OpenAIServer(script=scripted_turns(SCRIPT), faults=[Fault(hang_s=30)]) as server:
+        policy = OpenAIPolicy("tiny", base_url=server.base_url, request_timeout=0.4, backoff=0.01, concurrency=1)
+        turn = asyncio.run(policy.act(_context()))
+    assert turn.info["statuses"] == ["timeout", 200]
 
 
 def test_client_errors_are_not_retried_and_the_api_key_comes_from_the_environment(
         monkeypatch: pytest.MonkeyPatch) -> None:
     with OpenAIServer(script=scripted_turns(SCRIPT), api_key="sekret") as server:
         monkeypatch.delenv("SEGLOOP_TEST_KEY", raising=False)
-        policy = OpenAIPolicy("tiny", base_url=server.base_url, api_key_env="SEGLOOP_TEST_KEY", backoff_s=0.01)
-        with pytest.raises(OpenAIPolicyError, match=r"refused the request.*401.*invalid API key"):
+        policy = OpenAIPolicy("tiny", base_url=server.base_url, api_key_env="SEGLOOP_TEST_KEY", **FAST)
+        with pytest.raises(OpenAIPolicyError, match=r"HTTP 401: invalid API key"):
             asyncio.run(policy.act(_context()))
         assert len(server.requests) == 0  # refused before the body was read as a request
         monkeypatch.setenv("SEGLOOP_TEST_KEY", "sekret")
-        policy = OpenAIPolicy("tiny", base_url=server.base_url, api_key_env="SEGLOOP_TEST_KEY", greedy=True)
+        policy = OpenAIPolicy("tiny", base_url=server.base_url, api_key_env="SEGLOOP_TEST_KEY", temperature=0)
         context = _context()
         context.seed = 7
-        assert asyncio.run(policy.act(context)).text == SCRIPT[0]
+        turn = asyncio.run(policy.act(context))
+    assert turn.text == SCRIPT[0] and turn.info["seed"] == 7000
     sent = server.requests[-1]
     assert sent["seed"] == 7000 and sent["temperature"] == 0.0
+    assert "sekret" not in str(policy.config.model_dump())  # the key is never part of the recorded options
 
 
-def test_unreachable_server_and_timeouts_are_clear_errors() -> None:
+def test_unreachable_server_is_a_clear_error_and_ends_the_episode() -> None:
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    policy = OpenAIPolicy("tiny", base_url=f"http://127.0.0.1:{port}/v1", backoff_s=0.01, max_retries=1)
-    with pytest.raises(OpenAIPolicyError, match="after 2 attempts: cannot connect"):
+    policy = OpenAIPolicy("tiny", base_url=f"http://127.0.0.1:{port}/v1", backoff=0.01, retries=1)
+    with pytest.raises(OpenAIPolicyError, match=r"cannot connect .*\(2 attempts: no connection, no connection"):
         asyncio.run(policy.act(_context()))
-    with OpenAIServer(script=scripted_turns(SCRIPT), latency_s=0.5) as server:
-        policy = OpenAIPolicy("tiny", base_url=server.base_url, timeout_s=0.1, backoff_s=0.01, max_retries=1)
-        with pytest.raises(OpenAIPolicyError, match=r"no answer within 0.1 s"):
-            asyncio.run(policy.act(_context()))
-    with pytest.raises(ValueError, match="http"):
-        OpenAIPolicy("tiny", base_url="localhost:8000")
-
-
-def test_the_graph_ends_an_episode_cleanly_when_the_server_is_down() -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    policy = OpenAIPolicy("tiny", base_url=f"http://127.0.0.1:{port}/v1", backoff_s=0.01, max_retries=0)
     agent = Agent(policy, build_segmenter("grabcut"), EpisodeConfig(max_turns=3))
     result = asyncio.run(agent.run(_image(2), "anything", episode_id="down"))
     assert not result.mask.any()
     assert "cannot connect" in (result.trajectory.policy_error or "")
 
 
+def test_bad_options_are_refused_with_their_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValueError, match="base_url"):
+        OpenAIPolicy("tiny", base_url="localhost:8000")
+    with pytest.raises(ValueError, match="tool_mode"):
+        OpenAIPolicy("tiny", tool_mode="xml")
+    with pytest.raises(ValueError, match="max_retries"):
+        OpenAIPolicy("tiny", max_retries=2)
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://gpu-box:9000/v1/")
+    assert OpenAIConfig().base_url == "http://gpu-box:9000/v1"
+    assert all(field.description for field in OpenAIConfig.model_fields.values())
+
+
+# --- connections -----------------------------------------------------------------------------------------------
 def test_concurrency_is_limited_and_requests_overlap() -> None:
     with OpenAIServer(script=scripted_turns(SCRIPT), latency_s=0.2) as server:
         policy = OpenAIPolicy("tiny", base_url=server.base_url, concurrency=4)

@@ -244,6 +244,8 @@ class Agent:
         # state and the next request's image); a running episode's workspace is never evicted.
         self.kept_workspaces = kept_workspaces
         self._limits = self.config.zoom_limits
+        # A policy may ask never to be shown a region larger than its own pixels (``Policy.upscale``).
+        self._upscale = bool(getattr(policy, "upscale", True))
         self._workspaces: OrderedDict[str, _Workspace] = OrderedDict()
         self._running: set[str] = set()
         self.graph = self._build()
@@ -394,13 +396,13 @@ class Agent:
 
     def _stack(self, state: EpisodeState) -> ViewStack:
         width, height = _size(state)
-        stack = ViewStack(width, height, self.policy.max_side, self.policy.frame, self._limits)
+        stack = ViewStack(width, height, self.policy.max_side, self.policy.frame, self._limits, self._upscale)
         stack.views = [self._view(box) for box in state["views"]]
         return stack
 
     def _view(self, box: list[int]) -> View:
         x1, y1, x2, y2 = box
-        width, height = model_size(x2 - x1, y2 - y1, self.policy.max_side)
+        width, height = model_size(x2 - x1, y2 - y1, self.policy.max_side, self._upscale)
         return View(PixelBox(x1, y1, x2, y2), width, height, self.policy.frame)
 
     @staticmethod
@@ -508,7 +510,7 @@ class Agent:
                    "invalid_actions": 0, "messages": [*previous["messages"], message],
                    "image_views": {**previous["image_views"], picture_id: list(view.box.as_tuple())}},
             )
-        stack = ViewStack(width, height, self.policy.max_side, self.policy.frame, self._limits)
+        stack = ViewStack(width, height, self.policy.max_side, self.policy.frame, self._limits, self._upscale)
         view = stack.current
         picture_id = f"{episode_id}/request"
         self._keep_workspace(thread_id, image, None)

@@ -71,7 +71,9 @@ class PolicyTurn:
 @runtime_checkable
 class Policy(Protocol):
     """Chooses actions. ``frame`` is the coordinate frame it writes in; ``max_side`` the longest side,
-    in pixels, of the images it wants to be shown."""
+    in pixels, of the images it wants to be shown. A policy may also set ``upscale = False`` (read with
+    ``getattr``, default True): then a region smaller than ``max_side`` is shown at its own size, never
+    enlarged (a server model gains nothing from upscaled pixels, and they cost request bytes)."""
 
     name: str
     frame: CoordFrame

@@ -33,6 +33,8 @@ _FRAMES: dict[str, str] = {
     ),
 }
 
+_TOOLS_HEADER = "# Tools\n\nYou may call one of these functions:\n<tools>\n"
+
 _FORMAT = (
     "Each turn, think briefly inside <think>...</think>, then write exactly one tool call:\n"
     '<tool_call>{{"name": <tool name>, "arguments": <arguments as a JSON object>}}</tool_call>'
@@ -46,10 +48,20 @@ def system_prompt(frame: CoordFrame, max_turns: int) -> str:
     tools = "\n".join(json.dumps(schema) for schema in tool_schemas())
     return "\n\n".join([
         _TASK.format(max_turns=max_turns),
-        f"# Tools\n\nYou may call one of these functions:\n<tools>\n{tools}\n</tools>",
+        f"{_TOOLS_HEADER}{tools}\n</tools>",
         _FRAMES[frame],
         _FORMAT.format(),
     ])
+
+
+def without_tool_schemas(system: str) -> str:
+    """The system prompt without its ``<tools>`` section, for a server that is given the schemas through the
+    API's ``tools=`` parameter (its chat template writes them); any other text is returned unchanged."""
+    start = system.find(_TOOLS_HEADER)
+    end = system.find("</tools>", start)
+    if start < 0 or end < 0:
+        return system
+    return (system[:start].rstrip("\n") + "\n\n" + system[end + len("</tools>"):].lstrip("\n")).strip("\n")
 
 
 def first_user_text(query: str, view: View) -> str:

@@ -1,84 +1,197 @@
-"""``OpenAIPolicy``: any OpenAI-compatible chat-completions endpoint (``vllm serve`` of a Qwen-VL model, or a
-hosted model) as the policy.
+"""``OpenAIPolicy``: any OpenAI-compatible chat-completions endpoint (``vllm serve`` of a Qwen-VL model, SGLang,
+LMDeploy, ``transformers serve``, a hosted model) as the policy. ``OpenAIConfig`` holds every knob; the command
+line turns it into flags (``segloop run/batch/demo --help`` lists them with their defaults).
 
-Each turn sends the whole transcript (``policies.chat.openai_messages``: images as base64 PNG data URLs, tool
-observations as ``<tool_response>``-wrapped user turns, see there why) and reads ``choices[0].message.content``.
-Generation stops at ``</tool_call>``; servers drop a matched stop string from the text, so it is put back when
-the text ends inside an open tool call.
+Each turn sends the transcript (``policies.chat.openai_messages``) and reads the answer back as one canonical
+``<think>...</think><tool_call>{...}</tool_call>`` text, whether the server left the call in ``content`` or moved
+it into ``tool_calls`` and the thought into ``reasoning_content`` (``policies.chat.turn_from_message``).
+
+Tool modes. ``prompt`` (default): the tools' JSON schemas are in the system prompt and the model writes its call
+as text; this works on every server: vLLM with or without ``--enable-auto-tool-choice --tool-call-parser hermes``
+(with a parser the call may come back in ``tool_calls``; it is read either way), and it is the mode for
+checkpoints whose chat template does not render tools (Qwen2.5-VL's does not). ``native``: the schemas go
+through the API's ``tools=`` parameter, calls are sent back as structured ``tool_calls`` and observations as
+``role="tool"`` messages; it needs a chat template that renders tools (Qwen3-VL, Hermes-style) and, on vLLM, a
+tool parser (``--enable-auto-tool-choice --tool-call-parser hermes``: vLLM refuses ``tool_choice="auto"``
+without one) or ``--tool-choice required`` (vLLM >= 0.8.3, guided JSON, no thought).
+
+Images. A view is never shown larger than its own pixels (``upscale = False``: a 500x375 photo is sent as
+476x364, not enlarged to 1008x756) nor larger than ``max_side``, and is sent as JPEG at quality 85 by default
+(``image_format``: jpeg, webp, or png for lossless); ``keep_images=K`` sends only the last K pictures.
+Request bytes are recorded per turn.
+
+Failures and retries (each request, one attempt at a time):
+- every attempt has an overall deadline, ``request_timeout`` seconds for connecting, waiting and reading the
+  whole body (a server that trickles its answer is cut off too); a timed-out request is retried once, so a
+  hung server ends the turn within 2 x ``request_timeout`` + ``backoff``;
+- connection failures, 429, 502, 503 and 504 are retried up to ``retries`` times, waiting what the server's
+  ``Retry-After`` asks (seconds or an HTTP date) or ``backoff * 2**k``, never more than ``retry_after_cap``;
+- a 200 whose body is not a chat completion is retried once;
+- a refusal that would repeat (400, 413, 422, a 500 naming a template or validation error) is not retried; an
+  unexplained 500 is retried once. A 500 to a request carrying ``stop`` is retried once without it: if that
+  answers, the server cannot take ``stop`` (``transformers serve`` with a vision model, an upstream bug), which
+  is said once and remembered (the text is cut at ``</tool_call>`` here instead);
+- 401, 403 and 404 are not retried. Whatever ends the attempts raises ``OpenAIPolicyError`` (a
+  ``PolicyUnavailable``): the episode failed, with the reason and the status of every attempt.
+
+Each turn's ``PolicyTurn.info`` records the finish reason, the status of every attempt, retries, seconds
+waited, token usage, request bytes, images sent, the seed sent and where the call came from; ``usage`` keeps
+the policy's totals.
 
 At most ``concurrency`` requests are in flight, each on its own keep-alive connection: the policy keeps one
 single-connection ``httpx.AsyncClient`` per slot rather than one client with a pool of ``concurrency``
 connections, because httpcore's pool re-examines every connection (a ``getpeername`` and a ``poll`` each, and a
 quadratic idle count) whenever a request enters or leaves it: about 1 ms of CPU per request at 32 connections,
 more than everything else the client does.
-
-Timeouts, connection failures, 5xx and 429 are retried with exponential backoff (``backoff_s * 2**attempt``,
-or the server's ``Retry-After`` when it is shorter than ``max_backoff_s``) at most ``max_retries`` times; then,
-and for any other refusal, ``OpenAIPolicyError`` says what went wrong (the graph ends that episode with it).
 """
 
 from __future__ import annotations
 
 import asyncio
+import email.utils
+import json
+import logging
 import os
+import re
 import ssl
-from typing import Any
+import time
+from typing import Any, Literal
 
 import httpx
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from segloop.agent.actions import tool_schemas
 from segloop.agent.policy import PolicyContext, PolicyTurn, PolicyUnavailable
-from segloop.policies.chat import openai_messages
-from segloop.tools.encoding import data_url
+from segloop.policies.chat import (
+    SpecialTokens,
+    ToolMode,
+    openai_messages,
+    sent_image_ids,
+    special_token_stripper,
+    turn_from_message,
+)
+from segloop.tools.encoding import ImageFormat, data_url
 from segloop.tools.views import DEFAULT_MAX_SIDE, CoordFrame
 
-_RETRY_STATUS = {429, 500, 502, 503, 504}
+log = logging.getLogger("segloop.openai")
+
+STOP = "</tool_call>"
+_TRANSIENT = {429, 502, 503, 504}
+_FINAL = {401, 403, 404}
+# A 500 that names one of these is the request's own fault: it would fail again.
+_DETERMINISTIC = re.compile(r"template|jinja|validat|token|invalid|not supported|unsupported|mismatch", re.I)
+
+
+def _default_base_url() -> str:
+    return os.environ.get("OPENAI_BASE_URL") or "http://localhost:8000/v1"
+
+
+class OpenAIConfig(BaseModel):
+    """The knobs of ``--policy openai`` (each is a flag of ``segloop run``, ``batch`` and ``demo``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_url: str = Field(default_factory=_default_base_url, validate_default=True,
+                          description="the server's OpenAI-compatible base URL (default: $OPENAI_BASE_URL, else "
+                                      "http://localhost:8000/v1)")
+    api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the API key (the key "
+                                                           "itself is never a flag nor recorded; none is sent when "
+                                                           "it is unset)")
+    temperature: float = Field(1.0, ge=0, le=2, description="sampling temperature; 0 is greedy")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass")
+    max_tokens: int = Field(512, ge=1, description="longest answer per turn, in tokens")
+    stop: bool = Field(True, description=f"ask the server to stop at {STOP} (a server that fails requests "
+                                         "carrying stop is detected and sent none)")
+    request_timeout: float = Field(60.0, gt=0, description="overall deadline of one request in seconds (connect, "
+                                                           "wait and the whole body); a timed-out request is "
+                                                           "retried once")
+    retries: int = Field(4, ge=0, description="retries of a request that failed transiently (no connection, 429, "
+                                              "502, 503, 504)")
+    backoff: float = Field(0.5, ge=0, description="first wait before a retry, in seconds, doubling each time "
+                                                  "(unless the server's Retry-After says otherwise)")
+    retry_after_cap: float = Field(60.0, ge=0, description="longest wait before a retry, in seconds, whatever "
+                                                           "Retry-After asks")
+    concurrency: int = Field(32, ge=1, description="requests in flight at most")
+    tool_mode: ToolMode = Field("prompt", description="prompt: tool schemas in the system prompt, calls written as "
+                                                      "text (any server); native: the API's tools= parameter, "
+                                                      "tool_calls and role=tool messages (needs a template that "
+                                                      "renders tools; on vLLM a tool parser)")
+    tool_choice: Literal["omit", "auto", "required"] = Field("omit", description="native mode: the tool_choice sent "
+                                                                                 "(omit: the server's default)")
+    image_format: ImageFormat = Field("jpeg", description="how views are encoded: jpeg or webp at --image-quality, "
+                                                          "png lossless")
+    image_quality: int = Field(85, ge=1, le=100, description="JPEG/WebP quality")
+    keep_images: int | None = Field(None, ge=1, description="send only the last K pictures of the history (older "
+                                                            "ones become a short text stub); all when omitted")
+    special_tokens: SpecialTokens = Field("chatml", description="special-token strings removed from echoed text: "
+                                                                "chatml (Qwen/Qwen-VL <|...|>, also Llama 3, Phi), "
+                                                                "gemma, none")
+    max_side: int = Field(DEFAULT_MAX_SIDE, ge=28, description="longest side of a view sent, in pixels (views are "
+                                                               "never enlarged beyond their own pixels)")
+    frame: CoordFrame = Field("pixels", description="coordinates the model writes: pixels of the image shown "
+                                                    "(Qwen2.5-VL) or norm1000 (Qwen3-VL)")
+
+    @field_validator("base_url")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must be an http(s) URL, got {value!r}")
+        return value.rstrip("/")
 
 
 class OpenAIPolicyError(PolicyUnavailable):
-    """The endpoint could not give a turn: unreachable, refused the request, or answered nonsense."""
+    """The endpoint could not give a turn: unreachable, hung, refused the request, or answered nonsense."""
+
+
+class _Attempts:
+    """The record of one request's attempts: statuses, retries, waits; what goes into ``PolicyTurn.info``."""
+
+    def __init__(self) -> None:
+        self.statuses: list[int | str] = []
+        self.waited_s = 0.0
+        self.bytes_sent = 0
+
+    @property
+    def retries(self) -> int:
+        return max(len(self.statuses) - 1, 0)
 
 
 class OpenAIPolicy:
-    """See the module docstring. ``model`` is the served model's name; the API key is read from the
-    environment variable ``api_key_env`` (no key is sent when it is unset, as a local vLLM expects)."""
+    """See the module docstring. ``model`` is the served model's name; options are ``OpenAIConfig``'s fields
+    (or give ``config``)."""
 
     name = "openai"
+    upscale = False  # a server model gains nothing from enlarged pixels; they only cost bytes
 
-    def __init__(self, model: str, *, base_url: str = "http://localhost:8000/v1", api_key_env: str = "OPENAI_API_KEY",
-                 temperature: float = 1.0, top_p: float = 1.0, max_tokens: int = 512, greedy: bool = False,
-                 frame: CoordFrame = "pixels", max_side: int = DEFAULT_MAX_SIDE, concurrency: int = 32,
-                 timeout_s: float = 120.0, max_retries: int = 4, backoff_s: float = 0.5,
-                 max_backoff_s: float = 8.0) -> None:
-        if concurrency < 1:
-            raise ValueError("concurrency must be >= 1")
-        if max_retries < 0 or backoff_s < 0 or timeout_s <= 0:
-            raise ValueError("max_retries and backoff_s must be >= 0 and timeout_s > 0")
-        if not base_url.startswith(("http://", "https://")):
-            raise ValueError(f"base_url must be an http(s) URL, got {base_url!r}")
+    def __init__(self, model: str, config: OpenAIConfig | None = None, **options: Any) -> None:
+        if config is not None and options:
+            raise TypeError("give either config or options, not both")
+        try:
+            config = config or OpenAIConfig(**options)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:3])
+            raise ValueError(f"bad options for the openai policy: {problems}") from None
+        self.config = config
         self.model = model
-        self.base_url = base_url.rstrip("/")
-        self.api_key = os.environ.get(api_key_env) or None
-        self.temperature = temperature
-        self.top_p = top_p
-        self.max_tokens = max_tokens
-        self.greedy = greedy
-        self.frame = frame
-        self.max_side = max_side
-        self.concurrency = concurrency
-        self.timeout_s = timeout_s
-        self.max_retries = max_retries
-        self.backoff_s = backoff_s
-        self.max_backoff_s = max_backoff_s
-        self.usage = {"requests": 0, "retries": 0, "prompt_tokens": 0, "completion_tokens": 0}
+        self.base_url = config.base_url
+        self.api_key = os.environ.get(config.api_key_env) or None
+        self.frame = config.frame
+        self.max_side = config.max_side
+        self.concurrency = config.concurrency
+        self.usage = {"requests": 0, "retries": 0, "prompt_tokens": 0, "completion_tokens": 0, "request_bytes": 0}
+        self._strip = special_token_stripper(config.special_tokens)
+        # None: not known yet; False: the server fails requests that carry `stop` (found once, said once).
+        self._stop_works: bool | None = None
         # The clients and the semaphore belong to one event loop; a new loop (a later asyncio.run) gets new ones.
         self._loop: asyncio.AbstractEventLoop | None = None
         self._idle: list[httpx.AsyncClient] = []
         self._gate: asyncio.Semaphore | None = None
         self._ssl: ssl.SSLContext | None = None
-        # Each image is encoded once per episode (the transcript resends all of them every turn).
+        # Each image is encoded once per episode (the transcript resends the ones kept every turn).
         self._urls: dict[str, dict[str, str]] = {}
 
+    # -- connections ----------------------------------------------------------------------------------
     def _gate_for_loop(self) -> asyncio.Semaphore:
         loop = asyncio.get_running_loop()
         if self._loop is not loop or self._gate is None:
@@ -89,14 +202,18 @@ class OpenAIPolicy:
 
     def _client(self) -> httpx.AsyncClient:
         """An idle slot's client, or a new one (at most ``concurrency`` exist: the gate holds the others)."""
-        if self._idle:
-            return self._idle.pop()
+        return self._idle.pop() if self._idle else self._new_client()
+
+    def _new_client(self) -> httpx.AsyncClient:
         if self._ssl is None:  # loading the CA bundle costs ~70 ms: once, not once per client
             self._ssl = httpx.create_ssl_context()
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        timeout = self.config.request_timeout
         return httpx.AsyncClient(base_url=self.base_url, headers=headers, verify=self._ssl,
                                  limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
-                                 timeout=httpx.Timeout(self.timeout_s))
+                                 timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)))
 
     async def aclose(self) -> None:
         """Close the idle clients (optional: they are also dropped with the policy)."""
@@ -104,96 +221,211 @@ class OpenAIPolicy:
         for client in idle:
             await client.aclose()
 
+    # -- a turn ---------------------------------------------------------------------------------------
     async def _image_urls(self, context: PolicyContext) -> dict[str, str]:
-        """Data URLs of the transcript's images; new ones encoded in worker threads, off the event loop."""
+        """Data URLs of the images this request shows; new ones encoded in worker threads, off the event loop."""
         urls = self._urls.setdefault(context.episode_id, {})
-        missing = [m.image_id for m in context.messages
-                   if m.image_id is not None and m.image_id not in urls and m.image_id in context.images]
-        encoded = await asyncio.gather(*(asyncio.to_thread(_data_url, context.images[i]) for i in missing))
+        missing = [i for i in sent_image_ids(context.messages, self.config.keep_images)
+                   if i not in urls and i in context.images]
+        encoded = await asyncio.gather(*(asyncio.to_thread(self._data_url, context.images[i]) for i in missing))
         urls.update(zip(missing, encoded, strict=True))
         return urls
 
+    def _data_url(self, image: np.ndarray) -> str:
+        return data_url(np.ascontiguousarray(np.asarray(image)[..., :3]), self.config.image_format,
+                        self.config.image_quality)
+
     async def _body(self, context: PolicyContext) -> dict[str, Any]:
-        body = {
-            "model": self.model,
-            "messages": openai_messages(context.messages, context.images, await self._image_urls(context)),
-            "max_tokens": self.max_tokens,
-            "temperature": 0.0 if self.greedy else self.temperature,
-            "top_p": 1.0 if self.greedy else self.top_p,
-            "stop": ["</tool_call>"],
-        }
-        if context.seed is not None:  # vLLM and OpenAI take a sampling seed per request
+        config = self.config
+        messages = openai_messages(context.messages, context.images, await self._image_urls(context),
+                                   tool_mode=config.tool_mode, keep_images=config.keep_images, strip=self._strip)
+        body: dict[str, Any] = {"model": self.model, "messages": messages, "max_tokens": config.max_tokens,
+                                "temperature": config.temperature, "top_p": config.top_p, "stream": False}
+        if config.stop and self._stop_works is not False:
+            body["stop"] = [STOP]
+        if context.seed is not None:  # vLLM, SGLang, transformers serve and OpenAI take a sampling seed per request
             body["seed"] = context.seed * 1000 + context.turn
+        if config.tool_mode == "native":
+            body["tools"] = tool_schemas()
+            if config.tool_choice != "omit":
+                body["tool_choice"] = config.tool_choice
         return body
 
     async def act(self, context: PolicyContext) -> PolicyTurn:
-        payload = await self._post(await self._body(context))
-        try:
-            choice = payload["choices"][0]
-            text = choice["message"]["content"] or ""
-        except (KeyError, IndexError, TypeError):
-            raise OpenAIPolicyError(f"{self.base_url}: the answer has no choices[0].message.content "
-                                    f"({str(payload)[:120]})") from None
-        if not isinstance(text, str):
-            raise OpenAIPolicyError(f"{self.base_url}: message content is {type(text).__name__}, not text")
+        body = await self._body(context)
+        attempts = _Attempts()
+        payload, sent = await self._post(body, attempts)
+        choice = payload["choices"][0]
+        text, source = turn_from_message(choice["message"])
         finish = choice.get("finish_reason")
-        if finish == "stop" and text.rfind("<tool_call>") > text.rfind("</tool_call>"):
-            text += "</tool_call>"
-        usage = payload.get("usage") or {}
+        if "stop" in sent and finish == "stop" and text.rfind("<tool_call>") > text.rfind(STOP):
+            text += STOP  # servers drop a matched stop string from the text
+        usage = payload.get("usage") if isinstance(payload.get("usage"), dict) else {}
+        usage = {k: v for k, v in usage.items() if isinstance(v, int)}
         for key in ("prompt_tokens", "completion_tokens"):
-            if isinstance(usage.get(key), int):
-                self.usage[key] += usage[key]
-        return PolicyTurn(text=text, info={"finish_reason": finish, "usage": usage})
+            self.usage[key] += usage.get(key, 0)
+        info: dict[str, Any] = {
+            "finish_reason": finish, "source": source, "statuses": attempts.statuses,
+            "retries": attempts.retries, "waited_s": round(attempts.waited_s, 3), "usage": usage,
+            "request_bytes": attempts.bytes_sent, "images_sent": len(sent_image_ids(context.messages,
+                                                                                   self.config.keep_images)),
+        }
+        if "seed" in sent:
+            info["seed"] = sent["seed"]
+        if self.config.stop and "stop" not in sent:
+            info["stop_sent"] = False
+        return PolicyTurn(text=text, info=info)
 
-    async def _post(self, body: dict[str, Any]) -> dict[str, Any]:
-        url = f"{self.base_url}/chat/completions"
+    # -- the wire -------------------------------------------------------------------------------------
+    async def _post(self, body: dict[str, Any], attempts: _Attempts) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The answer to ``body`` and the body that got it (see the module docstring for the retry rules)."""
         async with self._gate_for_loop():
-            client = self._client()
+            slot = [self._client()]  # a timed-out attempt replaces the slot's client
             try:
-                return await self._attempts(client, body, url)
+                return await self._attempts(slot, body, attempts)
             finally:
-                self._idle.append(client)
+                self._idle.append(slot[0])
 
-    async def _attempts(self, client: httpx.AsyncClient, body: dict[str, Any], url: str) -> dict[str, Any]:
-        problem = ""
-        for attempt in range(self.max_retries + 1):
-            if attempt:
-                self.usage["retries"] += 1
+    async def _attempts(self, slot: list[httpx.AsyncClient], body: dict[str, Any], attempts: _Attempts
+                        ) -> tuple[dict[str, Any], dict[str, Any]]:
+        config = self.config
+        url = f"{self.base_url}/chat/completions"
+        data = json.dumps(body, separators=(",", ":")).encode()
+        transient = timeouts = malformed = unexplained = 0
+        dropped_stop = False
+        while True:
+            wait = 0.0
             self.usage["requests"] += 1
-            wait = min(self.backoff_s * 2 ** attempt, self.max_backoff_s)
+            self.usage["request_bytes"] += len(data)
+            attempts.bytes_sent += len(data)
+            if attempts.statuses:
+                self.usage["retries"] += 1
             try:
-                response = await client.post("/chat/completions", json=body)
-            except httpx.TimeoutException:
-                problem = f"no answer within {self.timeout_s:g} s"
+                response = await asyncio.wait_for(slot[0].post("/chat/completions", content=data),
+                                                  config.request_timeout)
+            except (asyncio.TimeoutError, httpx.TimeoutException):
+                attempts.statuses.append("timeout")
+                # The cancelled exchange may have left the connection mid-response: the slot starts afresh.
+                await slot[0].aclose()
+                slot[0] = self._new_client()
+                timeouts += 1
+                if timeouts > 1:
+                    problem = f"no complete answer within {config.request_timeout:g} s, twice"
+                    raise OpenAIPolicyError(self._failed(url, attempts, problem)) from None
+                wait = config.backoff
             except httpx.TransportError as exc:
-                problem = f"cannot connect ({type(exc).__name__}: {exc})"
+                attempts.statuses.append("no connection")
+                transient += 1
+                if transient > config.retries:
+                    raise OpenAIPolicyError(self._failed(url, attempts, f"cannot connect ({type(exc).__name__}: "
+                                                                       f"{exc})")) from None
+                wait = config.backoff * 2 ** (transient - 1)
             else:
-                if response.status_code == 200:
-                    try:
-                        return response.json()
-                    except ValueError:
-                        raise OpenAIPolicyError(f"{url} answered 200 with a body that is not JSON") from None
-                detail = response.text[:200].replace("\n", " ")
-                problem = f"HTTP {response.status_code}: {detail}"
-                if response.status_code not in _RETRY_STATUS:
-                    raise OpenAIPolicyError(f"{url} refused the request ({problem})")
-                wait = _retry_after(response, wait, self.max_backoff_s)
-            if attempt < self.max_retries:
+                status = response.status_code
+                attempts.statuses.append(status)
+                if status == 200:
+                    payload = _completion(response)
+                    if payload is not None:
+                        if "stop" in body and not dropped_stop:
+                            self._stop_works = True
+                        if dropped_stop and self._stop_works is None:
+                            self._stop_works = False
+                            log.warning("%s fails requests that carry `stop` (HTTP 500) and answers without it: "
+                                        "segloop sends no `stop` to it from now on and cuts each answer at %s "
+                                        "itself", self.base_url, STOP)
+                        return payload, body
+                    malformed += 1
+                    if malformed > 1:
+                        raise OpenAIPolicyError(self._failed(url, attempts, "answered 200 twice with a body that is "
+                                                                            f"not a chat completion: "
+                                                                            f"{_detail(response)}"))
+                else:
+                    detail = _detail(response)
+                    problem = f"HTTP {status}: {detail}"
+                    if status in _TRANSIENT:
+                        transient += 1
+                        if transient > config.retries:
+                            raise OpenAIPolicyError(self._failed(url, attempts, problem))
+                        wait = _retry_after(response, config.backoff * 2 ** (transient - 1))
+                    elif status == 500 and _DETERMINISTIC.search(detail):
+                        raise OpenAIPolicyError(self._failed(
+                            url, attempts, f"{problem} (the server refuses this request; it is not sent again)"))
+                    elif status == 500 and "stop" in body and self._stop_works is None and not dropped_stop:
+                        # Maybe the server cannot take `stop` at all: the next attempt goes without it.
+                        body = {k: v for k, v in body.items() if k != "stop"}
+                        data = json.dumps(body, separators=(",", ":")).encode()
+                        dropped_stop = True
+                        unexplained += 1  # the request without stop is this 500's one retry
+                    elif status == 500 and unexplained == 0:
+                        unexplained += 1
+                        wait = config.backoff
+                    elif status in _FINAL:
+                        raise OpenAIPolicyError(self._failed(url, attempts, problem))
+                    elif status == 413:
+                        raise OpenAIPolicyError(self._failed(
+                            url, attempts, f"{problem}: the request of {len(data)} bytes is too large for the server "
+                                           "(send fewer or smaller pictures: --keep-images, --image-format, "
+                                           "--image-quality, --max-side; it is not sent again)"))
+                    else:
+                        raise OpenAIPolicyError(self._failed(
+                            url, attempts, f"{problem} (the server refuses this request; it is not sent again)"))
+            if wait:
+                wait = min(wait, config.retry_after_cap)
+                attempts.waited_s += wait
                 await asyncio.sleep(wait)
-        raise OpenAIPolicyError(f"{url} failed after {self.max_retries + 1} attempts: {problem}")
+
+    @staticmethod
+    def _failed(url: str, attempts: _Attempts, problem: str) -> str:
+        statuses = ", ".join(str(s) for s in attempts.statuses)
+        count = len(attempts.statuses)
+        return (f"{url}: {problem} ({count} attempt{'s' if count > 1 else ''}: {statuses}; "
+                f"{attempts.waited_s:.1f} s waited)")
 
     def end_episode(self, episode_id: str) -> None:
         """Drop the episode's encoded images; a server policy has no token ledger to return."""
         self._urls.pop(episode_id, None)
 
 
-def _data_url(image: np.ndarray) -> str:
-    return data_url(np.ascontiguousarray(np.asarray(image)[..., :3]))
-
-
-def _retry_after(response: httpx.Response, default: float, cap: float) -> float:
-    value = response.headers.get("retry-after")
+def _completion(response: httpx.Response) -> dict[str, Any] | None:
+    """The body when it is a chat completion with a message, else None."""
     try:
-        return min(max(float(value), 0.0), cap) if value is not None else default
+        payload = response.json()
+        message = payload["choices"][0]["message"]
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None
+    return payload if isinstance(message, dict) else None
+
+
+def _detail(response: httpx.Response) -> str:
+    """What a refusal says: OpenAI's and vLLM's ``{"error": {"message"}}``, older vLLM's ``{"message"}``,
+    FastAPI's ``{"detail"}``, else the start of the body."""
+    try:
+        payload = response.json()
     except ValueError:
+        payload = None
+    message: Any = None
+    if isinstance(payload, dict):
+        error = payload.get("error")
+        message = error.get("message") if isinstance(error, dict) else error
+        message = message or payload.get("message") or payload.get("detail")
+    text = str(message) if message else response.text
+    if message is None and "html" in response.headers.get("content-type", ""):
+        title = re.search(r"<title>(.*?)</title>", text, re.I | re.S)  # a proxy's error page
+        text = title.group(1) if title else re.sub(r"<[^>]+>", " ", text)
+    return " ".join(text.split())[:200] or "(empty body)"
+
+
+def _retry_after(response: httpx.Response, default: float) -> float:
+    """The wait ``Retry-After`` asks for (seconds or an HTTP date), else ``default``."""
+    value = (response.headers.get("retry-after") or "").strip()
+    if not value:
         return default
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return default
+    return max(when.timestamp() - time.time(), 0.0)

@@ -48,10 +48,16 @@ class PixelBox:
         return (self.x1, self.y1, self.x2, self.y2)
 
 
-def model_size(region_width: int, region_height: int, max_side: int = DEFAULT_MAX_SIDE) -> tuple[int, int]:
+def model_size(region_width: int, region_height: int, max_side: int = DEFAULT_MAX_SIDE,
+               upscale: bool = True) -> tuple[int, int]:
     """(width, height) at which a region is shown: longest side ``max_side`` rounded down to a multiple
-    of 28, the other side in proportion and rounded to a multiple of 28 (at least 28)."""
+    of 28, the other side in proportion and rounded to a multiple of 28 (at least 28). With ``upscale=False``
+    a region smaller than that is not enlarged: its longest side is its own, rounded down to a multiple of
+    28 (so a view never holds more pixels than the region, up to the rounding of the shorter side)."""
     long_side = max(SIDE_MULTIPLE, (max_side // SIDE_MULTIPLE) * SIDE_MULTIPLE)
+    if not upscale:
+        own = max(SIDE_MULTIPLE, (max(region_width, region_height) // SIDE_MULTIPLE) * SIDE_MULTIPLE)
+        long_side = min(long_side, own)
     scale = long_side / max(region_width, region_height)
 
     def side(length: int) -> int:
@@ -125,11 +131,11 @@ class View:
 
 
 def full_view(image_width: int, image_height: int, max_side: int = DEFAULT_MAX_SIDE,
-              frame: CoordFrame = "pixels") -> View:
-    """The root view: the whole image."""
+              frame: CoordFrame = "pixels", upscale: bool = True) -> View:
+    """The root view: the whole image (``upscale``: see ``model_size``)."""
     if image_width < 1 or image_height < 1:
         raise ViewError(f"image has no pixels ({image_width}x{image_height})")
-    width, height = model_size(image_width, image_height, max_side)
+    width, height = model_size(image_width, image_height, max_side, upscale)
     return View(PixelBox(0, 0, image_width, image_height), width, height, frame)
 
 
@@ -184,8 +190,9 @@ class ZoomLimits:
 
 
 def zoom_in(view: View, bbox: Sequence[float], image_width: int, image_height: int,
-            max_side: int = DEFAULT_MAX_SIDE, limits: ZoomLimits = ZoomLimits()) -> View:
-    """The view that shows ``bbox`` (model frame of ``view``) at the model's input size."""
+            max_side: int = DEFAULT_MAX_SIDE, limits: ZoomLimits = ZoomLimits(), upscale: bool = True) -> View:
+    """The view that shows ``bbox`` (model frame of ``view``) at the model's input size (``upscale``: see
+    ``model_size``)."""
     ox1, oy1, ox2, oy2 = view.box_to_original(bbox)
     full_long = max(image_width, image_height)
     current_long = max(view.box.width, view.box.height)
@@ -213,7 +220,7 @@ def zoom_in(view: View, bbox: Sequence[float], image_width: int, image_height: i
                 min_w = max(min_w, min(image_width, min_long))
     x1, x2 = _grow_span(x1, x2, min_w, view.box.x1, view.box.x2, image_width)
     y1, y2 = _grow_span(y1, y2, min_h, view.box.y1, view.box.y2, image_height)
-    width, height = model_size(x2 - x1, y2 - y1, max_side)
+    width, height = model_size(x2 - x1, y2 - y1, max_side, upscale)
     return View(PixelBox(x1, y1, x2, y2), width, height, view.frame)
 
 
@@ -230,22 +237,25 @@ def _grow_span(lo: int, hi: int, min_len: int, view_lo: int, view_hi: int, limit
 
 
 class ViewStack:
-    """The views of one episode, root first; zooming pushes, ``zoom_out`` pops."""
+    """The views of one episode, root first; zooming pushes, ``zoom_out`` pops. ``upscale=False``: regions
+    are never shown larger than their own pixels (see ``model_size``)."""
 
     def __init__(self, image_width: int, image_height: int, max_side: int = DEFAULT_MAX_SIDE,
-                 frame: CoordFrame = "pixels", limits: ZoomLimits = ZoomLimits()) -> None:
+                 frame: CoordFrame = "pixels", limits: ZoomLimits = ZoomLimits(), upscale: bool = True) -> None:
         self.image_width = image_width
         self.image_height = image_height
         self.max_side = max_side
         self.limits = limits
-        self.views = [full_view(image_width, image_height, max_side, frame)]
+        self.upscale = upscale
+        self.views = [full_view(image_width, image_height, max_side, frame, upscale)]
 
     @property
     def current(self) -> View:
         return self.views[-1]
 
     def zoom_in(self, bbox: Sequence[float]) -> View:
-        view = zoom_in(self.current, bbox, self.image_width, self.image_height, self.max_side, self.limits)
+        view = zoom_in(self.current, bbox, self.image_width, self.image_height, self.max_side, self.limits,
+                       self.upscale)
         self.views.append(view)
         return view
 
