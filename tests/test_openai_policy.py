@@ -140,8 +140,8 @@ def test_prompt_mode_on_a_server_with_a_tool_parser_gets_the_call_as_text() -> N
 def test_native_mode_without_a_tool_parser_is_refused_once_and_required_works() -> None:
     with OpenAIServer(script=scripted_turns(SCRIPT)) as server:
         _, trajectory = _episode(server, tool_mode="native")
-        assert len(server.requests) == 1  # a deterministic 400 is not sent again
-        assert "--enable-auto-tool-choice" in trajectory.policy_error and "HTTP 400" in trajectory.policy_error
+        assert len(server.requests) == 2  # each 400 sent once: told to the model, then the episode ends
+        assert "--enable-auto-tool-choice" in trajectory.policy_error and "twice in a row" in trajectory.policy_error
         _, trajectory = _episode(server, tool_mode="native", tool_choice="required")
     assert server.requests[-1]["tool_choice"] == "required"
     assert [t.action["name"] for t in trajectory.turns] == ["zoom_in", "segment", "submit"]
@@ -232,18 +232,38 @@ def test_retries_are_bounded_and_the_error_says_why() -> None:
     assert len(server.requests) == 3
 
 
-@pytest.mark.parametrize(("fault", "sent", "message"), [
-    (Fault(status=400, body="This model's maximum context length is 32768 tokens"), 1, "HTTP 400: This model"),
-    (Fault(status=422, body="Unexpected fields in the request"), 1, "HTTP 422"),
-    (Fault(status=500, body="Error in chat template: jinja2 undefined"), 1, "HTTP 500: Error in chat template"),
-    (Fault(status=401, body="invalid API key"), 1, "HTTP 401"),
+@pytest.mark.parametrize(("fault", "message"), [
+    (Fault(status=400, body="This model's maximum context length is 32768 tokens"), "HTTP 400: This model"),
+    (Fault(status=422, body="Unexpected fields in the request"), "HTTP 422: Unexpected fields"),
+    (Fault(status=500, body="Error in chat template: jinja2 undefined"), "HTTP 500: Error in chat template"),
 ])
-def test_deterministic_refusals_are_not_retried(fault: Fault, sent: int, message: str) -> None:
+def test_a_refusal_is_not_retried_and_answers_the_turn_once(fault: Fault, message: str) -> None:
     with OpenAIServer(script=scripted_turns(SCRIPT), faults=[fault] * 3) as server:
         policy = OpenAIPolicy("tiny", base_url=server.base_url, backoff=0.01)
-        with pytest.raises(OpenAIPolicyError, match=message):
-            asyncio.run(policy.act(_context()))
-    assert len(server.requests) == sent
+        turn = asyncio.run(policy.act(_context()))  # the first: an observation for the model
+        assert len(server.requests) == 1 and turn.text == ""
+        assert turn.info["refused"].startswith(message) and turn.info["statuses"] == [fault.status]
+        assert turn.info["observation_error"].startswith("the server could not answer your last turn (" + message)
+        with pytest.raises(OpenAIPolicyError, match=f"{message}.*a refusal; not sent again.*twice in a row"):
+            asyncio.run(policy.act(_context()))  # the next in a row ends the episode
+    assert len(server.requests) == 2
+
+
+def test_the_model_is_told_of_a_refusal_and_carries_on() -> None:
+    fault = Fault(status=500, body="Error in chat template: cannot parse the tool call")
+    with OpenAIServer(script=scripted_turns(SCRIPT), faults=[fault]) as server:
+        _, trajectory = _episode(server)
+    assert [t.action and t.action["name"] for t in trajectory.turns] == [None, "segment", "submit"]
+    assert trajectory.turns[0].observation.startswith("Error: the server could not answer your last turn (HTTP 500")
+    assert trajectory.turns[0].raw_text == "" and trajectory.submitted and trajectory.policy_error is None
+
+
+def test_authentication_and_routes_end_at_once() -> None:
+    for fault in (Fault(status=401, body="invalid API key"), Fault(status=404, body="no such model")):
+        with OpenAIServer(script=scripted_turns(SCRIPT), faults=[fault]) as server, \
+                pytest.raises(OpenAIPolicyError, match=f"HTTP {fault.status}"):
+            asyncio.run(OpenAIPolicy("tiny", base_url=server.base_url, **FAST).act(_context()))
+        assert len(server.requests) == 1
 
 
 def test_a_proxy_413_ends_the_episode_with_a_clear_reason() -> None:
@@ -258,9 +278,9 @@ def test_a_malformed_200_is_retried_once() -> None:
     with OpenAIServer(script=scripted_turns(SCRIPT), faults=[Fault(malformed=True)]) as server:
         turn = asyncio.run(OpenAIPolicy("tiny", base_url=server.base_url, **FAST).act(_context()))
     assert turn.text == SCRIPT[0] and turn.info["statuses"] == [200, 200]
-    with OpenAIServer(script=scripted_turns(SCRIPT), faults=[Fault(malformed=True)] * 2) as server:
-        with pytest.raises(OpenAIPolicyError, match="answered 200 twice with a body that is not a chat completion"):
-            asyncio.run(OpenAIPolicy("tiny", base_url=server.base_url, **FAST).act(_context()))
+    with OpenAIServer(script=scripted_turns(SCRIPT), faults=[Fault(malformed=True)] * 2) as server, \
+            pytest.raises(OpenAIPolicyError, match="answered 200 twice with a body that is not a chat completion"):
+        asyncio.run(OpenAIPolicy("tiny", base_url=server.base_url, **FAST).act(_context()))
 
 
 def test_a_server_failing_on_stop_is_detected_once_and_said_once(caplog: pytest.LogCaptureFixture) -> None:

@@ -295,7 +295,9 @@ class Agent:
         image: np.ndarray | None = None
         error: str | None = None
         if parsed.action is None:
-            error = parsed.error.message if parsed.error else "No tool call found."
+            # A policy may say why it has no call for the model to read (a server that refused the turn).
+            error = (pending.get("info") or {}).get("observation_error") or (
+                parsed.error.message if parsed.error else "No tool call found.")
         else:
             counts[parsed.action.name] = counts.get(parsed.action.name, 0) + 1
             try:

@@ -62,7 +62,9 @@ class PolicyContext:
 @dataclass
 class PolicyTurn:
     """A policy's answer for one turn: the text it wrote, and JSON-able facts about how it was obtained
-    (a server's finish reason, token usage, retries) that the trajectory records with the turn."""
+    (a server's finish reason, token usage, retries) that the trajectory records with the turn. When the text
+    holds no call, ``info["observation_error"]`` (if given) is the error the model is told instead of the
+    parser's (a server that refused the turn)."""
 
     text: str
     info: dict[str, Any] = field(default_factory=dict)

@@ -5,10 +5,14 @@ valid (the grammar a language-model policy must learn). ``first_zoom_hit`` and `
 ground-truth masks: among episodes with a target that zoomed in, the share whose first zoomed view (any
 zoomed view) holds the whole target; how well a policy localises from the full view, and whether its
 search finds the target at all.
+
+A policy that talks to a server records, per turn (``TurnRecord.policy_info``), the status of each attempt,
+its retries, token usage and request bytes; ``server_totals`` adds them up (empty for other policies).
 """
 
 from __future__ import annotations
 
+import statistics
 from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -55,6 +59,7 @@ def episode_stats(trajectories: Sequence[Trajectory]) -> dict[str, Any]:
         return sum(t.tool_counts.get(tool, 0) > 0 for t in trajectories) / n
 
     return {
+        **server_totals(trajectories),
         "turns": turns / n,
         "valid_rate": 1 - sum(t.invalid_actions for t in trajectories) / turns if turns else 0.0,
         "zoom_rate": share("zoom_in"),
@@ -64,4 +69,41 @@ def episode_stats(trajectories: Sequence[Trajectory]) -> dict[str, Any]:
         "submit_rate": sum(t.submitted for t in trajectories) / n,
         "no_target_rate": sum(t.no_target for t in trajectories) / n,
         "tool_calls": dict(sorted(tools.items())),
+    }
+
+
+def server_totals(trajectories: Sequence[Trajectory]) -> dict[str, Any]:
+    """Requests, retries, statuses other than 200, token usage and request bytes over the turns a server
+    answered (the episodes' own turns; a turn that failed ends its episode with ``policy_error`` instead), with
+    the median and largest request bytes of an episode. Empty when no turn came from a server."""
+    requests = retries = prompt_tokens = completion_tokens = 0
+    failures: Counter[str] = Counter()
+    per_episode: list[int] = []
+    for trajectory in trajectories:
+        sent = 0
+        served = False
+        for turn in trajectory.turns:
+            info = turn.policy_info
+            if "request_bytes" not in info:
+                continue
+            served = True
+            sent += int(info["request_bytes"])
+            statuses = info.get("statuses") or []
+            requests += len(statuses)
+            retries += int(info.get("retries", 0))
+            failures.update(str(s) for s in statuses if s != 200)
+            usage = info.get("usage") or {}
+            prompt_tokens += int(usage.get("prompt_tokens", 0))
+            completion_tokens += int(usage.get("completion_tokens", 0))
+        if served:
+            per_episode.append(sent)
+    if not per_episode:
+        return {}
+    return {
+        "server": {
+            "requests": requests, "retries": retries, "failed_attempts": dict(sorted(failures.items())),
+            "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "request_bytes": sum(per_episode),
+            "request_bytes_per_episode": {"median": statistics.median(per_episode), "max": max(per_episode)},
+        },
     }

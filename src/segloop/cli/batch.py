@@ -16,6 +16,7 @@ from typing import Any
 
 from segloop.cli.options import OptionsError, add_config_arguments, config_from_args
 from segloop.cli.paths import check_out_folder
+from segloop.cli.server_options import add_server_arguments, server_options
 
 # Failure reasons printed in the console summary (all are in metrics.json and report.html).
 SHOWN_FAILURES = 3
@@ -33,10 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="who chooses the actions (compact: the bundled offline agent)")
     parser.add_argument("--model", default=None, help="the policy's checkpoint (path or hub id), or the served "
                                                       "model's name for --policy openai (compact: the bundled one)")
-    parser.add_argument("--base-url", default=None, help="OpenAI-compatible server URL (--policy openai)")
     parser.add_argument("--max-side", type=int, default=None,
                         help="longest side of the images the policy is shown (default: the policy's own, "
-                             "1024 for scripted policies)")
+                             "1024 for scripted and server policies)")
     parser.add_argument("--segmenter", default="grabcut", choices=("grabcut", "sam2", "sam2-official"),
                         help="grabcut needs no weights")
     parser.add_argument("--segmenter-model", default=None, help="SAM2 checkpoint (hub id or path; default: the "
@@ -48,6 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.epilog = ("exit status: 0 every episode answered; 1 some episode FAILED (re-run the same command to run "
                      "those again); 2 usage error; 130 interrupted (the same command resumes)")
+    # Evaluations are greedy unless asked otherwise: a score should not depend on sampling luck.
+    add_server_arguments(parser, exclude=("max_side",), defaults={"temperature": 0.0})
 
 
 def main(args: argparse.Namespace) -> int:
@@ -159,11 +161,9 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
     samples = load_samples(args.data)[: args.limit]
     if not samples:
         raise BatchError(f"{args.data} holds no samples")
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = server_options(args) if args.policy == "openai" else {}
     if args.max_side is not None:
         options["max_side"] = args.max_side
-    if args.base_url is not None:
-        options["base_url"] = args.base_url
     spec = AgentSpec(policy=args.policy, model=args.model, policy_options=options, segmenter=args.segmenter,
                      segmenter_model=args.segmenter_model, episode=config_from_args(EpisodeConfig, args))
     agent = build_agent(spec)

@@ -6,6 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from segloop.cli.options import OptionsError
+from segloop.cli.server_options import add_server_arguments, server_options
+
 DEFAULT_PORT = 7860
 
 
@@ -19,6 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port to serve on")
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="where episodes are saved")
     parser.add_argument("--max-turns", type=int, default=8, help="turn budget of an episode")
+    # For servers chosen in the UI (its URL and model name come from there); --retries defaults to 1 in the demo.
+    add_server_arguments(parser, exclude=("base_url",), defaults={"retries": 1})
 
 
 def main(args: argparse.Namespace) -> int:
@@ -40,8 +45,13 @@ def main(args: argparse.Namespace) -> int:
     from segloop.demos.backends import Backends
     from segloop.policies import AgentSpec
 
+    try:
+        openai_options = server_options(args)
+    except OptionsError as exc:
+        print(f"segloop demo: {exc}", file=sys.stderr)
+        return 2
     backends = Backends(AgentSpec(policy=args.policy, model=args.model, segmenter=args.segmenter,
-                                  episode=EpisodeConfig(max_turns=args.max_turns)))
+                                  episode=EpisodeConfig(max_turns=args.max_turns)), openai_options)
     try:
         backends.load_offline()
     except Exception as exc:  # a bad --policy/--model/--segmenter is a user error: one line, no traceback

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from segloop.cli.options import OptionsError, add_config_arguments, config_from_args
 from segloop.cli.paths import check_out_folder
+from segloop.cli.server_options import add_server_arguments, server_options
 
 EXIT_FAILED, EXIT_EMPTY = 1, 3
 
@@ -38,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verbose", action="store_true", help="print the model's whole text and observations")
     parser.epilog = ("exit status: 0 an answer (a mask, or 'no such object'); 1 the episode FAILED; 2 usage error; "
                      "3 an EMPTY mask the agent did not call 'no such object'")
+    add_server_arguments(parser)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -60,10 +62,11 @@ async def _run(args: argparse.Namespace) -> int:
     check_out_folder(args.out)
     try:
         episode = config_from_args(EpisodeConfig, args)
+        options = server_options(args) if args.policy == "openai" else {}
     except OptionsError as exc:
         raise ValueError(str(exc)) from None
     image = load_image(args.image)
-    spec = AgentSpec(policy=args.policy, model=args.model, segmenter=args.segmenter,
+    spec = AgentSpec(policy=args.policy, model=args.model, policy_options=options, segmenter=args.segmenter,
                      segmenter_model=args.segmenter_model, episode=episode)
     agent = build_agent(spec)
     started = now()

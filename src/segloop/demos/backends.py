@@ -55,8 +55,10 @@ class Backends:
     """Builds agents on first use and keeps them; one segmenter and one checkpointer for all. ``spec`` is the
     command line's offline agent; an OpenAI-compatible backend is the same spec with that policy."""
 
-    def __init__(self, spec: AgentSpec) -> None:
+    def __init__(self, spec: AgentSpec, openai_options: dict[str, Any] | None = None) -> None:
         self.spec = spec
+        # The command line's --policy openai knobs (temperature, tool mode, ...), used by UI-chosen servers.
+        self.openai_options = dict(openai_options or {})
         self._lock = threading.Lock()
         self._agents: dict[str, Agent] = {}
         self._segmenter: Segmenter | None = None
@@ -66,10 +68,10 @@ class Backends:
         """The agent a request asks for."""
         if choice.kind == "offline":
             return self.spec
-        # One retry, not the batch runner's four: a person is waiting, and a dead server should be
-        # reported in seconds. The API key, if any, comes from OPENAI_API_KEY in the demo's environment.
-        return self.spec.model_copy(update={"policy": "openai", "model": choice.model,
-                                            "policy_options": {"base_url": choice.url, "max_retries": 1}})
+        # One retry unless the command line says otherwise, not the batch runner's four: a person is waiting,
+        # and a dead server should be reported in seconds. The API key, if any, comes from the environment.
+        options = {"retries": 1, **self.openai_options, "base_url": choice.url}
+        return self.spec.model_copy(update={"policy": "openai", "model": choice.model, "policy_options": options})
 
     def agent(self, choice: BackendChoice) -> Agent:
         """The agent for ``choice``, built (and its model loaded) the first time it is asked for."""

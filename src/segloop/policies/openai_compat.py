@@ -27,12 +27,16 @@ Failures and retries (each request, one attempt at a time):
 - connection failures, 429, 502, 503 and 504 are retried up to ``retries`` times, waiting what the server's
   ``Retry-After`` asks (seconds or an HTTP date) or ``backoff * 2**k``, never more than ``retry_after_cap``;
 - a 200 whose body is not a chat completion is retried once;
-- a refusal that would repeat (400, 413, 422, a 500 naming a template or validation error) is not retried; an
+- a refusal that would repeat (400, 422, a 500 naming a template or validation error) is not retried; an
   unexplained 500 is retried once. A 500 to a request carrying ``stop`` is retried once without it: if that
   answers, the server cannot take ``stop`` (``transformers serve`` with a vision model, an upstream bug), which
-  is said once and remembered (the text is cut at ``</tool_call>`` here instead);
-- 401, 403 and 404 are not retried. Whatever ends the attempts raises ``OpenAIPolicyError`` (a
-  ``PolicyUnavailable``): the episode failed, with the reason and the status of every attempt.
+  is said once and remembered (the text is cut at ``</tool_call>`` here instead). The first such refusal of an
+  episode answers the turn with an error observation the model can react to (``transformers serve`` answers 500
+  when the model's call is not valid JSON; a context-length 400 lets it submit); a second one in a row ends the
+  episode;
+- 401, 403, 404 and 413 end the episode at once (413: the request only grows; the message says which knobs
+  shrink it). Whatever ends the attempts raises ``OpenAIPolicyError`` (a ``PolicyUnavailable``): the episode
+  failed, with the reason and the status of every attempt.
 
 Each turn's ``PolicyTurn.info`` records the finish reason, the status of every attempt, retries, seconds
 waited, token usage, request bytes, images sent, the seed sent and where the call came from; ``usage`` keeps
@@ -93,8 +97,7 @@ class OpenAIConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     base_url: str = Field(default_factory=_default_base_url, validate_default=True,
-                          description="the server's OpenAI-compatible base URL (default: $OPENAI_BASE_URL, else "
-                                      "http://localhost:8000/v1)")
+                          description="the server's OpenAI-compatible base URL ($OPENAI_BASE_URL when set)")
     api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the API key (the key "
                                                            "itself is never a flag nor recorded; none is sent when "
                                                            "it is unset)")
@@ -144,6 +147,14 @@ class OpenAIPolicyError(PolicyUnavailable):
     """The endpoint could not give a turn: unreachable, hung, refused the request, or answered nonsense."""
 
 
+class _Refused(OpenAIPolicyError):
+    """The server refused this request in a way that would repeat (400, 422, a 500 twice)."""
+
+    def __init__(self, message: str, problem: str) -> None:
+        super().__init__(message)
+        self.problem = problem
+
+
 class _Attempts:
     """The record of one request's attempts: statuses, retries, waits; what goes into ``PolicyTurn.info``."""
 
@@ -190,6 +201,7 @@ class OpenAIPolicy:
         self._ssl: ssl.SSLContext | None = None
         # Each image is encoded once per episode (the transcript resends the ones kept every turn).
         self._urls: dict[str, dict[str, str]] = {}
+        self._refused: dict[str, int] = {}  # episodes whose last request was refused
 
     # -- connections ----------------------------------------------------------------------------------
     def _gate_for_loop(self) -> asyncio.Semaphore:
@@ -254,7 +266,21 @@ class OpenAIPolicy:
     async def act(self, context: PolicyContext) -> PolicyTurn:
         body = await self._body(context)
         attempts = _Attempts()
-        payload, sent = await self._post(body, attempts)
+        try:
+            payload, sent = await self._post(body, attempts)
+        except _Refused as refusal:
+            # The first refusal of an episode answers the turn: the model is told and writes another turn (the
+            # request changes with it: a refusal caused by the model's own answer, such as a call the server
+            # cannot parse, goes away). Two in a row end the episode: the conversation itself is refused.
+            if self._refused.get(context.episode_id):
+                raise OpenAIPolicyError(f"{refusal} (twice in a row: the episode ends)") from None
+            self._refused[context.episode_id] = 1
+            return PolicyTurn(text="", info={
+                "refused": refusal.problem, "statuses": attempts.statuses, "retries": attempts.retries,
+                "waited_s": round(attempts.waited_s, 3), "request_bytes": attempts.bytes_sent,
+                "observation_error": f"the server could not answer your last turn ({refusal.problem[:120]}). Write "
+                                     'exactly one valid <tool_call>{"name": ..., "arguments": {...}}</tool_call>.'})
+        self._refused.pop(context.episode_id, None)
         choice = payload["choices"][0]
         text, source = turn_from_message(choice["message"])
         finish = choice.get("finish_reason")
@@ -348,8 +374,7 @@ class OpenAIPolicy:
                             raise OpenAIPolicyError(self._failed(url, attempts, problem))
                         wait = _retry_after(response, config.backoff * 2 ** (transient - 1))
                     elif status == 500 and _DETERMINISTIC.search(detail):
-                        raise OpenAIPolicyError(self._failed(
-                            url, attempts, f"{problem} (the server refuses this request; it is not sent again)"))
+                        raise _Refused(self._failed(url, attempts, f"{problem} (a refusal; not sent again)"), problem)
                     elif status == 500 and "stop" in body and self._stop_works is None and not dropped_stop:
                         # Maybe the server cannot take `stop` at all: the next attempt goes without it.
                         body = {k: v for k, v in body.items() if k != "stop"}
@@ -367,8 +392,7 @@ class OpenAIPolicy:
                                            "(send fewer or smaller pictures: --keep-images, --image-format, "
                                            "--image-quality, --max-side; it is not sent again)"))
                     else:
-                        raise OpenAIPolicyError(self._failed(
-                            url, attempts, f"{problem} (the server refuses this request; it is not sent again)"))
+                        raise _Refused(self._failed(url, attempts, f"{problem} (a refusal; not sent again)"), problem)
             if wait:
                 wait = min(wait, config.retry_after_cap)
                 attempts.waited_s += wait
@@ -384,6 +408,7 @@ class OpenAIPolicy:
     def end_episode(self, episode_id: str) -> None:
         """Drop the episode's encoded images; a server policy has no token ledger to return."""
         self._urls.pop(episode_id, None)
+        self._refused.pop(episode_id, None)
 
 
 def _completion(response: httpx.Response) -> dict[str, Any] | None:

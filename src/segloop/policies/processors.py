@@ -3,6 +3,11 @@
 ``load_processor`` is ``AutoProcessor.from_pretrained``, falling back to an image-only subclass of the
 family's processor: the stock Qwen-VL processors insist on a video processor, which needs torchvision, and
 there is no working torchvision build for the CPU torch this project pins.
+
+Code that loads checkpoints by itself (``transformers serve``, a notebook) finds these classes through
+``AutoProcessor`` once ``register_image_only_processors()`` has run in its process (``scripts/transformers_serve.py``
+does so before starting the server): a checkpoint saved with one (the tiny model's ``processor_config.json`` names
+``ImageOnlyQwen2_5_VLProcessor``) then loads with stock ``AutoProcessor.from_pretrained``.
 """
 
 from __future__ import annotations
@@ -57,3 +62,18 @@ def load_processor(name_or_path: str) -> Any:
     except Exception as exc:
         raise ValueError(f"cannot load an image-text processor from {name_or_path}: "
                          f"{str(failure or exc).splitlines()[0]}") from None
+
+
+def register_image_only_processors() -> list[str]:
+    """Register every family's image-only processor with ``AutoProcessor`` (so that a checkpoint whose
+    ``processor_config.json`` names one loads through it); returns the class names registered. A checkpoint
+    naming the stock class still gets the stock class."""
+    from transformers import AutoProcessor
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    names = []
+    for model_type in _IMAGE_ONLY_BASES:
+        cls = image_only_processor_class(model_type)
+        AutoProcessor.register(CONFIG_MAPPING[model_type], cls, exist_ok=True)
+        names.append(cls.__name__)
+    return names
