@@ -33,7 +33,16 @@ CALLER_TEMPLATE = TINY_TEMPLATE.replace(
 MAX_SIDE = 112  # small views: the vision tower dominates the cost of a training step
 
 
-def recorded_requests(episodes: int = 6, seed: int = 0) -> list[tuple[dict[str, Any], str]]:
+_WORDS = ("the", "red", "blue", "small", "large", "striped", "dotted", "circle", "square", "star", "person",
+          "bottle", "car", "dog", "left of", "right of", "above", "below", "next to", "largest", "leftmost", "a")
+
+
+def _query(rng: np.random.Generator) -> str:
+    """A request of 1 to 9 words, like the synthetic world's referring expressions and photo class names."""
+    return " ".join(rng.choice(_WORDS, size=int(rng.integers(1, 10))))
+
+
+def recorded_requests(episodes: int = 8, seed: int = 0) -> list[tuple[dict[str, Any], str]]:
     """(request body, the answer to teach) pairs from real episodes of ``OpenAIPolicy`` in both tool modes."""
     from segloop.agent.episode import Agent, EpisodeConfig
     from segloop.policies import build_policy
@@ -48,9 +57,9 @@ def recorded_requests(episodes: int = 6, seed: int = 0) -> list[tuple[dict[str, 
                                   tool_mode=mode, image_format="png")
             agent = Agent(policy, build_segmenter("box"), EpisodeConfig(max_turns=8))
             for i in range(episodes):
-                height, width = int(rng.integers(60, 600)), int(rng.integers(60, 600))
+                height, width = int(rng.integers(60, 1600)), int(rng.integers(60, 1600))
                 image = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
-                asyncio.run(agent.run(image, f"the {['red', 'small', 'left'][i % 3]} thing", episode_id=f"{mode}{i}"))
+                asyncio.run(agent.run(image, _query(rng), episode_id=f"{mode}{i}"))
         for body in server.requests:
             turn = sum(1 for m in body["messages"] if m["role"] == "assistant")
             pairs.append((body, CALLS[min(turn, len(CALLS) - 1)]))

@@ -368,6 +368,9 @@ class OpenAIPolicy:
                 else:
                     detail = _detail(response)
                     problem = f"HTTP {status}: {detail}"
+                    if status == 500:  # a server that failed mid-request may close the connection (uvicorn does)
+                        await slot[0].aclose()
+                        slot[0] = self._new_client()
                     if status in _TRANSIENT:
                         transient += 1
                         if transient > config.retries:
