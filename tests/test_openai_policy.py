@@ -3,8 +3,10 @@ vLLM documents (plain content, hermes ``tool_calls``, ``reasoning``/``reasoning_
 history hygiene, and every fault the retry rules name."""
 
 import asyncio
+import json
 import logging
 import socket
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,10 +15,12 @@ from support.openai_server import Fault, OpenAIServer, scripted_turns
 from segloop.agent.actions import Segment, Submit, ZoomIn, format_call, tool_schemas
 from segloop.agent.episode import Agent, EpisodeConfig
 from segloop.agent.policy import ChatMessage, PolicyContext
+from segloop.cli import main as cli
 from segloop.policies import build_policy
 from segloop.policies.chat import IMAGE_STUB, TOOL_CLOSE, TOOL_OPEN, turn_from_message
 from segloop.policies.openai_compat import OpenAIConfig, OpenAIPolicy, OpenAIPolicyError
 from segloop.tools.encoding import decode_data_url
+from segloop.tools.images import save_image
 from segloop.tools.segmenters import build_segmenter
 from segloop.tools.views import full_view, render_view
 
@@ -408,3 +412,46 @@ def test_the_concurrency_benchmark_runs() -> None:
     rows = re.findall(r"^\s*0\s+(\d+)\s+(\d+)\s+[\d.]+\s+[\d.]+", out, flags=re.MULTILINE)
     assert sorted(rows) == [("1", "2"), ("32", "8")]
     assert float(re.search(r"speed-up at concurrency 32: ([\d.]+)x", out).group(1)) > 0
+
+
+# --- the command line --------------------------------------------------------------------------------------
+def _manifest(folder: Path, n: int = 2) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i in range(n):
+        save_image(_smooth(150 + 20 * i, 200), folder / f"{i}.png")
+        lines.append(json.dumps({"id": f"s{i}", "image": f"{i}.png", "query": "the red block", "mask": None}))
+    (folder / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+    return folder / "manifest.jsonl"
+
+
+def test_batch_flags_reach_the_server_greedy_by_default_and_totals_reach_metrics(tmp_path: Path) -> None:
+    script = [format_call(Segment(bbox_2d=[10, 10, 90, 80])), format_call(Submit())]
+    manifest = _manifest(tmp_path / "data")
+    with OpenAIServer(script=scripted_turns(script), tool_parser=True) as server:
+        assert cli(["batch", "--data", str(manifest), "--policy", "openai", "--model", "served", "--base-url",
+                    server.base_url, "--seed", "3", "--keep-images", "1", "--tool-mode", "native", "--max-tokens",
+                    "64", "--out", str(tmp_path / "out"), "--quiet", "--no-overlays"]) == 0
+    bodies = server.requests
+    assert len(bodies) == 4 and {b["temperature"] for b in bodies} == {0.0}  # greedy unless asked otherwise
+    assert all(b["max_tokens"] == 64 and "seed" in b and b["tools"] for b in bodies)
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["server"]["requests"] == 4 and metrics["server"]["retries"] == 0
+    assert metrics["server"]["request_bytes"] == sum(server.request_sizes)
+    settings = metrics["provenance"]["policy_settings"]
+    assert settings["temperature"] == 0.0 and settings["greedy"] is True and settings["tool_mode"] == "native"
+    assert settings["keep_images"] == 1 and "sekret" not in json.dumps(metrics)
+
+
+def test_run_takes_the_server_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    save_image(_smooth(), tmp_path / "photo.png")
+    with OpenAIServer(script=scripted_turns([format_call(Submit(no_target=True))])) as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)  # the default of --base-url
+        assert cli(["run", str(tmp_path / "photo.png"), "the cat", "--policy", "openai", "--model", "m",
+                    "--temperature", "0", "--seed", "1", "--image-format", "webp", "--no-stop",
+                    "--out", str(tmp_path / "ep")]) == 0
+    body = server.requests[0]
+    assert body["temperature"] == 0.0 and "stop" not in body and isinstance(body["seed"], int)
+    assert body["messages"][1]["content"][0]["image_url"]["url"].startswith("data:image/webp;base64,")
+    assert cli(["run", str(tmp_path / "photo.png"), "the cat", "--policy", "openai", "--model", "m",
+                "--temperature", "9", "--out", str(tmp_path / "bad")]) == 2

@@ -308,8 +308,11 @@ class OpenAIServer:
                 for i in range(len(data)):
                     if server._closing.wait(trickle_s):
                         return
-                    self.wfile.write(data[i:i + 1])
-                    self.wfile.flush()
+                    try:
+                        self.wfile.write(data[i:i + 1])
+                        self.wfile.flush()
+                    except OSError:  # the client gave up (its deadline): nothing more to send
+                        return
 
             def _send(self, status: int, payload: dict[str, Any], **kwargs: Any) -> None:
                 self._send_bytes(status, json.dumps(payload).encode(), **kwargs)
@@ -406,10 +409,12 @@ def main() -> None:
     parser.add_argument("--model-dir", type=Path, help="a transformers checkpoint that generates the answers")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds to wait before every answer")
     parser.add_argument("--hang", action="store_true", help="never answer (a hung server)")
+    parser.add_argument("--trickle", type=float, default=0.0, help="send every answer one byte per this many seconds")
     parser.add_argument("--storm", type=float, default=0.0, help="answer 503 (Retry-After: 1) for this many seconds")
     args = parser.parse_args()
     script = scripted_turns(json.loads(args.script)) if args.script else None
     faults = [Fault(hang_s=3600.0)] * 100000 if args.hang else []
+    faults += [Fault(trickle_s=args.trickle)] * 100000 if args.trickle else []
     with OpenAIServer(script=script, model_dir=args.model_dir, latency_s=args.latency, faults=faults,
                       storm_s=args.storm) as server:
         print(server.base_url, flush=True)

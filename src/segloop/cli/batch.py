@@ -161,7 +161,7 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
     samples = load_samples(args.data)[: args.limit]
     if not samples:
         raise BatchError(f"{args.data} holds no samples")
-    options: dict[str, Any] = server_options(args) if args.policy == "openai" else {}
+    options: dict[str, Any] = server_options(args, exclude=("max_side",)) if args.policy == "openai" else {}
     if args.max_side is not None:
         options["max_side"] = args.max_side
     spec = AgentSpec(policy=args.policy, model=args.model, policy_options=options, segmenter=args.segmenter,

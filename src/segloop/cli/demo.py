@@ -46,7 +46,7 @@ def main(args: argparse.Namespace) -> int:
     from segloop.policies import AgentSpec
 
     try:
-        openai_options = server_options(args)
+        openai_options = server_options(args, exclude=("base_url",))
     except OptionsError as exc:
         print(f"segloop demo: {exc}", file=sys.stderr)
         return 2

@@ -22,13 +22,14 @@ def add_server_arguments(parser: argparse.ArgumentParser, *, exclude: Collection
     add_config_arguments(group, OpenAIConfig, exclude=(*_NEVER, *exclude), defaults=defaults)
 
 
-def server_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The group's values, checked (a bad one raises ``OptionsError`` naming its flag)."""
+def server_options(args: argparse.Namespace, *, exclude: Collection[str] = ()) -> dict[str, Any]:
+    """The group's values, checked (a bad one raises ``OptionsError`` naming its flag); ``exclude`` names the
+    fields the command left out of the group (a flag of its own may have the same name)."""
     from pydantic import ValidationError
 
     from segloop.policies.openai_compat import OpenAIConfig
 
-    values = config_values(OpenAIConfig, args)
+    values = {k: v for k, v in config_values(OpenAIConfig, args).items() if k not in (*_NEVER, *exclude)}
     try:
         OpenAIConfig(**values)
     except ValidationError as exc:

@@ -111,8 +111,10 @@ VLM_COMMAND = ('segloop run IMAGE "QUERY" --out DIR --policy openai --model Qwen
 
 
 def policy_settings(policy: Policy) -> dict[str, Any]:
-    """The built policy's effective settings that exist on it (defaults included), JSON-able."""
+    """The built policy's effective settings that exist on it (defaults included), JSON-able; a policy with a
+    pydantic ``config`` (the OpenAI-compatible one) gives every field of it."""
     settings: dict[str, Any] = {}
+    config = getattr(policy, "config", None)
     for name in _SETTINGS:
         value = getattr(policy, name, None)
         if isinstance(value, (str, int, float, bool)) or value is None:
@@ -120,6 +122,8 @@ def policy_settings(policy: Policy) -> dict[str, Any]:
                 settings[name] = value
         else:
             settings[name] = str(value)
+    if isinstance(config, BaseModel):
+        settings.update({k: v for k, v in config.model_dump(mode="json").items() if v is not None})
     return settings
 
 

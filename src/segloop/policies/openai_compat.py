@@ -203,6 +203,11 @@ class OpenAIPolicy:
         self._urls: dict[str, dict[str, str]] = {}
         self._refused: dict[str, int] = {}  # episodes whose last request was refused
 
+    @property
+    def greedy(self) -> bool:
+        """Temperature 0: the server decodes greedily (``batch``'s default)."""
+        return self.config.temperature == 0
+
     # -- connections ----------------------------------------------------------------------------------
     def _gate_for_loop(self) -> asyncio.Semaphore:
         loop = asyncio.get_running_loop()
