@@ -411,12 +411,17 @@ def main() -> None:
     parser.add_argument("--hang", action="store_true", help="never answer (a hung server)")
     parser.add_argument("--trickle", type=float, default=0.0, help="send every answer one byte per this many seconds")
     parser.add_argument("--storm", type=float, default=0.0, help="answer 503 (Retry-After: 1) for this many seconds")
+    parser.add_argument("--tool-parser", action="store_true", help="as vLLM --enable-auto-tool-choice "
+                                                                   "--tool-call-parser hermes")
+    parser.add_argument("--reasoning-parser", choices=("reasoning", "reasoning_content"), default=None,
+                        help="as vLLM --reasoning-parser, answering in this field")
     args = parser.parse_args()
     script = scripted_turns(json.loads(args.script)) if args.script else None
     faults = [Fault(hang_s=3600.0)] * 100000 if args.hang else []
     faults += [Fault(trickle_s=args.trickle)] * 100000 if args.trickle else []
     with OpenAIServer(script=script, model_dir=args.model_dir, latency_s=args.latency, faults=faults,
-                      storm_s=args.storm) as server:
+                      storm_s=args.storm, tool_parser=args.tool_parser,
+                      reasoning_parser=args.reasoning_parser) as server:
         print(server.base_url, flush=True)
         threading.Event().wait()
 
