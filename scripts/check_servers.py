@@ -83,7 +83,7 @@ def batch(server: str, url: str, model: Path, data: Path, out: Path) -> None:
                                 str(folder), "--quiet", "--no-overlays", "--concurrency", "2")
         metrics = json.loads((folder / "metrics.json").read_text())
         records = [json.loads(x) for x in (folder / "trajectories.jsonl").read_text().splitlines()]
-        sources = sorted({t["policy_info"].get("source") for r in records for t in r["trajectory"]["turns"]})
+        sources = sorted({str(t["policy_info"].get("source")) for r in records for t in r["trajectory"]["turns"]})
         server_totals = metrics.get("server", {})
         print(f"{server:>22} {mode:>6}: exit {code}, {metrics['n']} episodes, submitted {metrics['submit_rate']:.0%}, "
               f"valid actions {metrics['valid_rate']:.0%}, FAILED {metrics['failed']}, mean turns "
@@ -111,6 +111,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--episodes", type=int, default=8, help="synthetic scenes per batch")
     parser.add_argument("--keep", type=Path, default=None, help="keep the model and outputs in this folder")
+    parser.add_argument("--caller", type=Path, default=None, help="a caller model already taught (skip teaching)")
     args = parser.parse_args()
     from segloop.agent.synth import write_world
     from segloop.policies.tiny import make_tiny
@@ -119,7 +120,7 @@ def main() -> int:
         out = args.keep or Path(tmp)
         out.mkdir(parents=True, exist_ok=True)
         tic = time.monotonic()
-        caller = teach_calls(make_tiny(out / "tiny"), out / "caller")
+        caller = args.caller or teach_calls(make_tiny(out / "tiny"), out / "caller")
         print(f"taught the tiny model to write calls in {time.monotonic() - tic:.0f} s: {caller}")
         data = write_world(out / "world", args.episodes, 0, 384, "easy", 0.1, progress=False)
         process, url = _transformers_serve(caller, out / "transformers-serve.log")
@@ -128,7 +129,7 @@ def main() -> int:
             twice(url, caller, sorted((data.parent / "images").iterdir())[0], out / "twice")
         finally:
             _stop(process)
-        stop_bug = (out / "transformers-serve.log").read_text().count("get_vocab")
+        stop_bug = (out / "transformers-serve.log").read_text().count("has no attribute 'get_vocab'")
         print(f"(transformers serve raised its `stop` bug {stop_bug} times in all; segloop said so once per command)")
         process, url = _stand_in(caller)
         try:

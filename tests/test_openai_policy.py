@@ -303,8 +303,8 @@ def test_a_hung_server_or_a_trickled_body_is_cut_at_the_deadline() -> None:
     for fault in (Fault(hang_s=30), Fault(trickle_s=0.05)):
         with OpenAIServer(script=scripted_turns(SCRIPT), faults=[fault, fault]) as server:
             policy = OpenAIPolicy("tiny", base_url=server.base_url, request_timeout=0.4, backoff=0.01)
-            with pytest.raises(OpenAIPolicyError, match=r"no complete answer within 0.4 s, twice \(2 attempts: "
-                                                        r"timeout, timeout"):
+            with pytest.raises(OpenAIPolicyError, match=r"no answer within 0.4 s \(the whole answer, body "
+                                                        r"included\), twice \(2 attempts: timeout, timeout"):
                 asyncio.run(policy.act(_context()))
         assert len(server.requests) == 2
     # A timed-out attempt does not spoil the slot: the retry answers.
@@ -455,3 +455,14 @@ def test_run_takes_the_server_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert body["messages"][1]["content"][0]["image_url"]["url"].startswith("data:image/webp;base64,")
     assert cli(["run", str(tmp_path / "photo.png"), "the cat", "--policy", "openai", "--model", "m",
                 "--temperature", "9", "--out", str(tmp_path / "bad")]) == 2
+
+
+def test_the_demo_gives_ui_chosen_servers_the_command_line_knobs() -> None:
+    from segloop.demos.backends import BackendChoice, Backends
+    from segloop.policies import AgentSpec
+
+    backends = Backends(AgentSpec(), {"temperature": 0.0, "tool_mode": "native"})
+    spec = backends.spec_for(BackendChoice(kind="openai", url="http://gpu-box:8000/v1", model="m"))
+    assert spec.policy_options == {"retries": 1, "temperature": 0.0, "tool_mode": "native",
+                                   "base_url": "http://gpu-box:8000/v1"}
+    assert cli(["demo", "--temperature", "-1"]) == 2

@@ -341,7 +341,7 @@ class OpenAIPolicy:
                 slot[0] = self._new_client()
                 timeouts += 1
                 if timeouts > 1:
-                    problem = f"no complete answer within {config.request_timeout:g} s, twice"
+                    problem = f"no answer within {config.request_timeout:g} s (the whole answer, body included), twice"
                     raise OpenAIPolicyError(self._failed(url, attempts, problem)) from None
                 wait = config.backoff
             except httpx.TransportError as exc:
