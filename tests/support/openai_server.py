@@ -37,8 +37,9 @@ malformed 200); ``storm_s`` answers 503 with ``Retry-After: 1`` to every request
 start; ``reject_stop`` answers any request carrying ``stop`` with a bare 500 (``transformers serve`` with a
 vision model does); ``reject_special_tokens`` answers 500 when any text holds a ``<|...|>`` string (a
 template turning echoed ``<|image_pad|>`` into a real image token fails so); ``max_body_bytes`` answers larger
-requests with a proxy's 413 page. It can also wait ``latency_s`` before every answer (requests are served in
-parallel threads, as a batching server overlaps them) and require an API key. Every request body is kept in
+requests with a proxy's 413 page; ``fail_first`` fails that many requests with ``fail_status`` (an outage a test
+ends by setting it to 0). It can also wait ``latency_s`` before every answer (requests are served in parallel
+threads, as a batching server overlaps them) and require an API key. Every request body is kept in
 ``requests``, its size in ``request_sizes``.
 """
 
@@ -214,7 +215,12 @@ class OpenAIServer:
         self.answer: Callable[[dict[str, Any]], tuple[str, str]] = (
             (lambda body: (script(body), "stop")) if script is not None else _Generator(model_dir))
         self.latency_s = latency_s
-        self.faults = [Fault(status=fail_status) for _ in range(fail_first)] + list(faults)
+        # The first ``fail_first`` requests fail with ``fail_status`` (a test may set ``fail_first`` to 0 to end an
+        # outage), then ``faults`` are used one per request.
+        self.fail_first = fail_first
+        self.fail_status = fail_status
+        self.failures = 0
+        self.faults = list(faults)
         self.api_key = api_key
         self.model_name = model_name
         self.tool_parser = tool_parser
@@ -254,6 +260,9 @@ class OpenAIServer:
 
     def _take_fault(self) -> Fault | None:
         with self._count_lock:
+            if self.failures < self.fail_first:
+                self.failures += 1
+                return Fault(status=self.fail_status)
             return self.faults.pop(0) if self.faults else None
 
     def _message(self, body: dict[str, Any], text: str, finish: str) -> tuple[dict[str, Any], str]:
