@@ -84,7 +84,7 @@ def test_a_batch_through_transformers_serve_submits_every_episode(served: str, c
                 "--max-side", str(MAX_SIDE), "--tool-mode", mode, "--out", str(out), "--quiet", "--no-overlays",
                 "--concurrency", "2"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["policy_errors"] == 0 and metrics["submit_rate"] == 1.0 and metrics["valid_rate"] == 1.0
+    assert metrics["failed"] == 0 and metrics["submit_rate"] == 1.0 and metrics["valid_rate"] == 1.0
     assert metrics["server"]["requests"] >= 6 and metrics["server"]["completion_tokens"] > 0
     records = [json.loads(line) for line in (out / "trajectories.jsonl").read_text().splitlines()]
     for record in records:
