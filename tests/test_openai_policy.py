@@ -466,3 +466,22 @@ def test_the_demo_gives_ui_chosen_servers_the_command_line_knobs() -> None:
     assert spec.policy_options == {"retries": 1, "temperature": 0.0, "tool_mode": "native",
                                    "base_url": "http://gpu-box:8000/v1"}
     assert cli(["demo", "--temperature", "-1"]) == 2
+
+
+def test_native_history_keeps_turns_without_a_call_as_text() -> None:
+    from segloop.policies.chat import openai_messages
+
+    images = {"v0": _image(0, 56, 56), "v1": _image(1, 56, 56), "v2": _image(2, 56, 56)}
+    messages = [ChatMessage(role="system", content="sys"), ChatMessage(role="user", content="go", image_id="v0"),
+                ChatMessage(role="assistant", content="<tool_call>{not json</tool_call>"),
+                ChatMessage(role="tool", content="Error: bad JSON", image_id="v1"),
+                ChatMessage(role="assistant", content="<think>t</think>" + format_call(Submit())),
+                ChatMessage(role="tool", content="Submitted.", image_id="v2")]
+    sent = openai_messages(messages, images, tool_mode="native")
+    assert [m["role"] for m in sent] == ["system", "user", "assistant", "user", "assistant", "tool", "user"]
+    assert sent[2] == {"role": "assistant", "content": "<tool_call>{not json</tool_call>"}
+    assert sent[3]["content"][0] == {"type": "text", "text": TOOL_OPEN}  # answered as in prompt mode
+    assert sent[4]["content"] == "<think>t</think>" and sent[4]["tool_calls"][0]["id"] == "call00001"
+    assert sent[5] == {"role": "tool", "tool_call_id": "call00001", "content": "Submitted."}
+    with pytest.raises(ValueError, match="tool mode"):
+        openai_messages(messages, images, tool_mode="xml")

@@ -39,8 +39,8 @@ Failures and retries (each request, one attempt at a time):
   failed, with the reason and the status of every attempt.
 
 Each turn's ``PolicyTurn.info`` records the finish reason, the status of every attempt, retries, seconds
-waited, token usage, request bytes, images sent, the seed sent and where the call came from; ``usage`` keeps
-the policy's totals.
+waited, token usage, request bytes (every attempt's), images sent, the seed sent and where the call came from;
+``usage`` keeps the policy's totals.
 
 At most ``concurrency`` requests are in flight, each on its own keep-alive connection: the policy keeps one
 single-connection ``httpx.AsyncClient`` per slot rather than one client with a pool of ``concurrency``
@@ -287,7 +287,11 @@ class OpenAIPolicy:
                                      'exactly one valid <tool_call>{"name": ..., "arguments": {...}}</tool_call>.'})
         self._refused.pop(context.episode_id, None)
         choice = payload["choices"][0]
-        text, source = turn_from_message(choice["message"])
+        try:
+            text, source = turn_from_message(choice["message"])
+        except TypeError as exc:  # content that is neither text nor parts
+            raise OpenAIPolicyError(f"{self.base_url}/chat/completions answered with a message segloop cannot read: "
+                                    f"{exc}") from None
         finish = choice.get("finish_reason")
         if "stop" in sent and finish == "stop" and text.rfind("<tool_call>") > text.rfind(STOP):
             text += STOP  # servers drop a matched stop string from the text
