@@ -1,18 +1,28 @@
 """The README's results table, reproduced by one command.
 
-Held-out synthetic scenes (default ``synth:easy:768:2000:200``: seed 2000, while training used seeds 1
-and 2 and its held-out curves seed 1000, so no choice was made looking at these scenes) are run through
-the agent graph with GrabCut by: the compact policy untrained (fresh weights, seed 0, the shipped
-checkpoint's architecture), after SFT, after SFT + GRPO (the shipped checkpoint), the oracle and the
-single-shot baseline. Prints gIoU / cIoU overall and by size class as a Markdown table, tool
-use of the compact policies, and GRPO - SFT in gIoU with a paired bootstrap 95% interval over scenes.
+Held-out synthetic scenes (default ``synth:easy:768:2000:200``: seed 2000, while training used seeds 1, 2
+and 3 and its held-out curves seed 1000, so no choice was made looking at these scenes) are run through the
+agent graph with GrabCut by: the compact policy untrained (fresh weights, seed 0, the shipped checkpoint's
+architecture), densely pre-trained, after SFT (DAgger), after SFT + GRPO (the shipped checkpoint), the
+oracle and the single-shot baseline. Printed as Markdown:
 
-    .venv/bin/python scripts/results_table.py [--sft runs/default_agent/sft/final] [--data SPEC] [--json OUT]
+- gIoU / cIoU overall and by size class, and how each policy searched (zoom rate, first zoom and some zoom
+  holding the target, zoom-out rate, turns);
+- GRPO - SFT in gIoU with a paired bootstrap 95% interval over scenes;
+- query sensitivity (``--swap-n`` scenes): the query is swapped for one naming another object of the same
+  scene; the share of episodes whose mask moves onto the new object (IoU with it > 0.5), against the
+  share whose mask is on the original target with the original query;
+- "no such object" (``--no-target-data``, scenes with 30% such queries, seed 2001): accuracy on those
+  queries and the false "no such object" rate on the others;
+- with ``--medium``, the same table for the medium world (``synth:medium:768:2002:200``).
+
+    .venv/bin/python scripts/results_table.py --pretrained DIR --sft DIR [--grpo DIR] [--json OUT]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 from pathlib import Path
@@ -24,28 +34,30 @@ ROOT = Path(__file__).resolve().parent.parent
 SIZES = ("L", "M", "S", "XS", "XXS")
 
 
-def evaluate_all(data: str, n: int, sft: Path, grpo: Path, max_turns: int) -> dict[str, dict[str, Any]]:
-    import torch
-
-    from segloop.agent.episode import EpisodeConfig
+def _policies(pretrained: Path, sft: Path, grpo: Path) -> dict[str, Any]:
     from segloop.agent.synth import VOCABULARY
-    from segloop.policies import AgentSpec, build_agent, build_policy
+    from segloop.policies import build_policy
     from segloop.policies.compact import CompactPolicy
-    from segloop.rl.rollout import evaluate, items
-    from segloop.tools.segmenters import build_segmenter
 
-    torch.set_num_threads(1)
-    held_out = items(data)
-    chosen = [held_out[i] for i in range(min(n, len(held_out)))]
     trained = CompactPolicy.from_pretrained(grpo)
     options = trained.config.model_dump(exclude={"segloop_policy", "vocabulary"})
-    policies = {
+    return {
         "compact, untrained": CompactPolicy.create(list(VOCABULARY), seed=0, **options),
-        "compact, SFT": CompactPolicy.from_pretrained(sft),
+        "compact, pre-trained": CompactPolicy.from_pretrained(pretrained),
+        "compact, SFT (DAgger)": CompactPolicy.from_pretrained(sft),
         "compact, SFT + GRPO": trained,
         "oracle": build_policy("oracle", max_side=trained.max_side),
         "single-shot": build_policy("single-shot", max_side=trained.max_side),
     }
+
+
+def evaluate_all(policies: dict[str, Any], data: str, n: int, max_turns: int) -> dict[str, dict[str, Any]]:
+    from segloop.agent.episode import EpisodeConfig
+    from segloop.policies import AgentSpec, build_agent
+    from segloop.rl.rollout import evaluate, first_items
+    from segloop.tools.segmenters import build_segmenter
+
+    chosen = first_items(data, n)
     segmenter = build_segmenter("grabcut")
     spec = AgentSpec(episode=EpisodeConfig(max_turns=max_turns))
     results = {}
@@ -54,6 +66,37 @@ def evaluate_all(data: str, n: int, sft: Path, grpo: Path, max_turns: int) -> di
         results[name] = evaluate(agent, chosen, prefix=name.replace(" ", ""))
         print(f"{name}: gIoU {results[name]['giou']:.3f}", file=sys.stderr)
     return results
+
+
+def query_swap(policy: Any, data: str, n: int, max_turns: int) -> dict[str, float]:
+    """The original and a swapped query on each of the first ``n`` scenes that have another describable
+    object; the share of masks on their own query's object (IoU > 0.5) for each."""
+    from segloop.agent.episode import EpisodeConfig
+    from segloop.agent.synth import another_referent, generate_scene, scene_seed
+    from segloop.policies import AgentSpec, build_agent
+    from segloop.rl.rollout import items
+    from segloop.tools.masks import iou
+
+    scenes = items(data)
+    cases = []
+    for index in range(min(n, len(scenes))):
+        scene = generate_scene(scene_seed(scenes.seed, index), scenes.size, scenes.difficulty, 0.0)
+        other = another_referent(scene, np.random.default_rng([scenes.seed, index, 7]))
+        if other is not None:
+            cases.append((scene, *other))
+    agent = build_agent(AgentSpec(episode=EpisodeConfig(max_turns=max_turns)), policy=policy)
+
+    async def run_all() -> list[Any]:
+        return await asyncio.gather(*[agent.run(scene.image, query, episode_id=f"swap-{i}-{which}")
+                                      for i, (scene, other_query, _) in enumerate(cases)
+                                      for which, query in (("original", scene.query), ("swapped", other_query))])
+
+    results = asyncio.run(run_all())
+    original = [iou(results[2 * i].mask, scene.mask) > 0.5 for i, (scene, _, _) in enumerate(cases)]
+    swapped = [iou(results[2 * i + 1].mask, mask) > 0.5 for i, (_, _, mask) in enumerate(cases)]
+    moved = [iou(results[2 * i + 1].mask, results[2 * i].mask) < 0.5 for i in range(len(cases))]
+    return {"n": len(cases), "original_on_target": float(np.mean(original)),
+            "swapped_on_new_target": float(np.mean(swapped)), "mask_moved": float(np.mean(moved))}
 
 
 def bootstrap(a: dict[str, float], b: dict[str, float], rounds: int = 2000,
@@ -71,37 +114,69 @@ def table(results: dict[str, dict[str, Any]]) -> str:
     first = next(iter(results.values()))
     counts = " / ".join(f"{s} {first['by_size'][s]['n']}" for s in sizes if s in first["by_size"])
     head = ("| policy | gIoU | cIoU | " + " | ".join(f"gIoU {s}" for s in sizes)
-            + " | zoom | first zoom holds target | inspect | turns |")
+            + " | zoom | first zoom holds target | some zoom holds target | zoom-out | turns |")
     lines = [f"n = {first['n']} scenes ({counts})", "", head, "|" + "---|" * (head.count("|") - 1)]
+
+    def share(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f}"
+
     for name, r in results.items():
         by_size = [f"{r['by_size'][s]['giou']:.3f}" if s in r["by_size"] else "-" for s in sizes]
-        hit = "-" if r["first_zoom_hit"] is None else f"{r['first_zoom_hit']:.2f}"
         lines.append(f"| {name} | {r['giou']:.3f} | {r['ciou']:.3f} | " + " | ".join(by_size)
-                     + f" | {r['zoom_rate']:.2f} | {hit} | {r['inspect_rate']:.2f} | {r['turns']:.2f} |")
+                     + f" | {r['zoom_rate']:.2f} | {share(r['first_zoom_hit'])} | {share(r['some_zoom_hit'])}"
+                     f" | {r['zoom_out_rate']:.2f} | {r['turns']:.2f} |")
     return "\n".join(lines)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--data", default="synth:easy:768:2000:200", help="held-out scenes (a --data spec)")
-    parser.add_argument("--n", type=int, default=200)
-    parser.add_argument("--sft", type=Path, default=ROOT / "runs/default_agent/sft/final")
-    parser.add_argument("--grpo", type=Path, default=ROOT / "src/segloop/policies/compact/checkpoint")
-    parser.add_argument("--max-turns", type=int, default=8)
+    parser.add_argument("--n", type=int, default=200, help="scenes of --data")
+    parser.add_argument("--pretrained", type=Path, required=True, help="the densely pre-trained policy")
+    parser.add_argument("--sft", type=Path, required=True, help="the policy after SFT (DAgger)")
+    parser.add_argument("--grpo", type=Path, default=ROOT / "src/segloop/policies/compact/checkpoint",
+                        help="the policy after SFT + GRPO")
+    parser.add_argument("--swap-n", type=int, default=100, help="scenes of the query-swap test")
+    parser.add_argument("--no-target-data", default="synth:easy:768:2001:200:0.3",
+                        help="held-out scenes with 'no such object' queries")
+    parser.add_argument("--medium", action="store_true", help="also the medium world (synth:medium:768:2002:200)")
+    parser.add_argument("--max-turns", type=int, default=8, help="turn budget of every episode")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--json", type=Path, help="also write the full results here")
     args = parser.parse_args()
-    for path in (args.sft, args.grpo):
+    for path in (args.pretrained, args.sft, args.grpo):
         if not (path / "config.json").is_file():
             print(f"results_table: no compact checkpoint at {path} (run scripts/train_default_agent.sh)",
                   file=sys.stderr)
             return 2
-    results = evaluate_all(args.data, args.n, args.sft, args.grpo, args.max_turns)
-    mean, low, high = bootstrap(results["compact, SFT"]["per_sample"], results["compact, SFT + GRPO"]["per_sample"])
+    import torch
+
+    torch.set_num_threads(args.threads)
+    policies = _policies(args.pretrained, args.sft, args.grpo)
+    results = evaluate_all(policies, args.data, args.n, args.max_turns)
+    mean, low, high = bootstrap(results["compact, SFT (DAgger)"]["per_sample"],
+                                results["compact, SFT + GRPO"]["per_sample"])
     print(table(results))
     print(f"\nGRPO - SFT, gIoU: {mean:+.3f} (paired bootstrap 95% interval {low:+.3f} .. {high:+.3f})")
+    shipped = policies["compact, SFT + GRPO"]
+    swap = query_swap(shipped, args.data, args.swap_n, args.max_turns)
+    print(f"\nquery swap on {swap['n']} scenes: mask on the original query's target {swap['original_on_target']:.2f}; "
+          f"with the swapped query, on the new target {swap['swapped_on_new_target']:.2f}, "
+          f"moved {swap['mask_moved']:.2f}")
+    absent = evaluate_all({"compact, SFT + GRPO": shipped}, args.no_target_data, 200, args.max_turns)
+    absent = absent["compact, SFT + GRPO"]
+    print(f"'no such object' ({args.no_target_data}): accuracy {absent['no_target_accuracy']:.2f}, "
+          f"false 'no such object' rate {absent['false_no_target']:.2f}")
+    output: dict[str, Any] = {"data": args.data, "results": results, "grpo_minus_sft": {"mean": mean, "low": low,
+                                                                                       "high": high},
+                              "query_swap": swap, "no_target": {"data": args.no_target_data, "result": absent}}
+    if args.medium:
+        medium = evaluate_all(policies, "synth:medium:768:2002:200", 200, args.max_turns)
+        print("\nmedium world (synth:medium:768:2002:200):\n" + table(medium))
+        output["medium"] = medium
     if args.json:
-        args.json.write_text(json.dumps({"data": args.data, "results": results,
-                                         "grpo_minus_sft": {"mean": mean, "low": low, "high": high}}, indent=1))
+        args.json.write_text(json.dumps(output, indent=1, default=str))
     return 0
 
 

@@ -34,8 +34,9 @@ def policy() -> CompactPolicy:
 
 def test_it_is_a_learnable_policy_and_forward_has_the_documented_shapes(policy: CompactPolicy) -> None:
     assert isinstance(policy, LearnablePolicy)
-    out = policy.net(torch.zeros(3, 3, 64, 64, dtype=torch.uint8), torch.zeros(3, 64, 64, dtype=torch.bool),
-                     torch.tensor([[2, 3, 0], [4, 0, 0], [1, 1, 1]]), torch.zeros(3, STATE_SIZE))
+    plane = torch.zeros(3, 64, 64, dtype=torch.bool)
+    out = policy.nets["root"](torch.zeros(3, 3, 64, 64, dtype=torch.uint8), plane,
+                              torch.tensor([[2, 3, 0], [4, 0, 0], [1, 1, 1]]), torch.zeros(3, STATE_SIZE), plane)
     assert out["tool"].shape == (3, len(TOOLS))
     assert out["use_point"].shape == (3, 2)
     assert out["centre"].shape == out["point"].shape == (3, 16 * 16)
@@ -130,31 +131,52 @@ def test_save_and_load_give_identical_outputs(policy: CompactPolicy, tmp_path) -
         load_learnable(tmp_path / "m", lora_rank=4)
 
 
-def test_symmetries_move_the_image_the_decision_and_the_directional_words_together() -> None:
+def test_symmetries_move_the_image_the_decision_and_the_directional_phrases_together() -> None:
     from segloop.policies.compact import symmetry
 
     vocabulary = ["<pad>", "<unk>", "the", "red", "circle", "left", "of", "right", "above", "below", "leftmost",
-                  "topmost", "rightmost", "bottommost"]
-    words = symmetry.word_permutations(vocabulary)
+                  "topmost", "rightmost", "bottommost", "blue", "square"]
+    tables = symmetry.phrase_tables(vocabulary)
     grid, size = 8, 32
     image = torch.zeros(3, size, size, dtype=torch.uint8)
     image[0, 4:8, 20:24] = 255                           # the target sits in cell x=5, y=1
-    query = torch.tensor([vocabulary.index(w) for w in ["the", "red", "circle", "left", "of", "leftmost"]])
+    words = ["the", "leftmost", "red", "circle", "left", "of", "the", "blue", "square"]
+    query = torch.tensor([vocabulary.index(w) for w in words])
     parts = torch.tensor([2, 1 * grid + 5, 3, 9, 1, 1 * grid + 5])  # tool, centre, width, height, use, point
     seen = set()
+    expected = {  # what "leftmost ... left of" becomes under each symmetry (x flip, y flip, transpose)
+        0: ("leftmost", "left of"), 1: ("rightmost", "right of"), 2: ("leftmost", "left of"),
+        3: ("rightmost", "right of"), 4: ("topmost", "above"), 5: ("bottommost", "below"),
+        6: ("topmost", "above"), 7: ("bottommost", "below")}
     for k in range(8):
-        img, _cand, q, p = symmetry.apply(k, image, torch.zeros(size, size, dtype=torch.bool), query, parts, words,
-                                         grid, cell_parts=(1, 5), width_part=2, height_part=3)
+        img, _planes, q, p = symmetry.apply(k, image, [torch.zeros(size, size, dtype=torch.bool)], query, parts,
+                                           tables, grid, cell_parts=(1, 5), width_part=2, height_part=3)
         cx, cy = int(p[1]) % grid, int(p[1]) // grid
         assert img[0, cy * 4 : cy * 4 + 4, cx * 4 : cx * 4 + 4].float().mean() == 255  # block moved with the cell
         assert int(p[5]) == int(p[1])
         assert (int(p[2]), int(p[3])) == ((9, 3) if k & 4 else (3, 9))               # a transpose swaps sides
-        text = [vocabulary[i] for i in q]
-        flipped_x = bool(k & 1)
-        direction = ("right" if flipped_x else "left") if not k & 4 else ("below" if flipped_x else "above")
-        assert text[3] == direction, (k, text)
+        superlative, relation = expected[k]
+        assert " ".join(vocabulary[i] for i in q) == f"the {superlative} red circle {relation} the blue square"
         seen.add((cx, cy))
     assert len(seen) == 8                                 # eight different placements
+
+
+def test_every_mapped_query_of_the_world_is_a_query_of_the_grammar() -> None:
+    from segloop.agent.synth import VOCABULARY, generate_scene, parse_query, scene_seed
+    from segloop.policies.compact import symmetry
+    from segloop.policies.compact.network import build_vocabulary
+
+    vocabulary = build_vocabulary(list(VOCABULARY))
+    tables = symmetry.phrase_tables(vocabulary)
+    index = {w: i for i, w in enumerate(vocabulary)}
+    for i in range(40):
+        text = generate_scene(scene_seed(7, i), 256, "easy").query
+        ids = torch.tensor([index[w] for w in text.split()])
+        for table in tables:
+            mapped = " ".join(vocabulary[int(j)] for j in symmetry.map_query(ids, table))
+            parse_query(mapped)  # raises on a spelling the grammar does not have ("above of")
+            twice = symmetry.map_query(symmetry.map_query(ids, table), table)
+            assert " ".join(vocabulary[int(j)] for j in twice) == text  # each generator is its own inverse
 
 
 def test_imitated_turns_are_scored_under_symmetries_only_while_training(policy: CompactPolicy) -> None:

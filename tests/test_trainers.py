@@ -83,7 +83,7 @@ def test_grpo_step_moves_probability_towards_positive_advantages() -> None:
     records = _sampled_records(policy)
     advantages = torch.tensor([1.0, -1.0] * 4)
     config = GRPOConfig(model="m", data="d", out="o", kl_coef=0.1)
-    reference = CompactPolicy(policy.config, copy.deepcopy(policy.net))
+    reference = CompactPolicy(policy.config, copy.deepcopy(policy.nets))
     loss, stats = policy_loss(policy, records, advantages, config, reference)
     assert stats["clip_frac"] == 0.0 and stats["kl"] == pytest.approx(0.0, abs=1e-6)
     start = policy.log_probs(records)
@@ -121,9 +121,9 @@ def test_synth_items_are_the_scenes_segloop_synth_writes(tmp_path) -> None:
             items(bad)
 
 
-def test_zoom_hits_check_the_zoomed_views_hold_the_target_and_episode_stats_count_the_grammar() -> None:
+def test_search_stats_check_the_zoomed_views_hold_the_target_and_episode_stats_count_the_grammar() -> None:
     from segloop.agent.episode import Agent, EpisodeConfig
-    from segloop.agent.stats import episode_stats, zoom_hits
+    from segloop.agent.stats import episode_stats, search_stats
     from segloop.policies.scripted import OraclePolicy
     from segloop.rl.rollout import items, run_episodes
     from segloop.tools.segmenters import build_segmenter
@@ -135,14 +135,15 @@ def test_zoom_hits_check_the_zoomed_views_hold_the_target_and_episode_stats_coun
     zoomed = [t for t in trajectories if t.tool_counts.get("zoom_in", 0)]
     assert zoomed, "the oracle zooms on some of these scenes"
     # The oracle zooms onto the target, so every first zoom holds it.
-    assert zoom_hits(trajectories, [s.mask for s in scenes]) == {"first_zoom_hit": 1.0, "some_zoom_hit": 1.0}
+    hits = search_stats(trajectories, [s.mask for s in scenes])
+    assert hits["first_zoom_hit"] == hits["some_zoom_hit"] == 1.0 and hits["no_target_accuracy"] is None
     # The same zooms judged against a target in a corner: a hit only where the zoomed view reaches that corner.
     corner = np.zeros((768, 768), dtype=bool)
     corner[760:, 760:] = True
     first_views = [next(turn.view_box for turn in t.turns if turn.view_box != t.turns[0].view_box) for t in zoomed]
     holds_corner = [v[2] >= 768 and v[3] >= 768 for v in first_views]
-    assert zoom_hits(trajectories, [corner] * 6)["first_zoom_hit"] == pytest.approx(np.mean(holds_corner))
-    assert zoom_hits(trajectories, [np.zeros_like(corner)] * 6)["first_zoom_hit"] is None
+    assert search_stats(trajectories, [corner] * 6)["first_zoom_hit"] == pytest.approx(np.mean(holds_corner))
+    assert search_stats(trajectories, [np.zeros_like(corner)] * 6)["first_zoom_hit"] is None
     rates = episode_stats(trajectories)
     assert rates["valid_rate"] == 1.0 and rates["submit_rate"] == 1.0 and rates["segment_rate"] == 1.0
     assert rates["zoom_rate"] == pytest.approx(len(zoomed) / 6)

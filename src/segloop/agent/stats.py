@@ -29,21 +29,33 @@ def _holds(view: Sequence[int], target: tuple[int, int, int, int]) -> bool:
     return view[0] <= target[0] and view[1] <= target[1] and view[2] >= target[2] and view[3] >= target[3]
 
 
-def zoom_hits(trajectories: Sequence[Trajectory], masks: Sequence[np.ndarray]) -> dict[str, float | None]:
-    """``first_zoom_hit`` and ``some_zoom_hit`` (see the module docstring); None when no episode zoomed."""
+def search_stats(trajectories: Sequence[Trajectory], masks: Sequence[np.ndarray]) -> dict[str, float | None]:
+    """How episodes searched, judged against the ground truth: ``first_zoom_hit`` and ``some_zoom_hit``
+    (see the module docstring), ``zooms`` (mean zoom_in calls per episode), and for "no such object"
+    answers their accuracy on queries with no target (``no_target_accuracy``) and their rate on queries
+    with one (``false_no_target``). A figure with nothing to count is None."""
     first_hits = some_hits = zoomed = 0
+    absent = absent_right = present = present_wrong = 0
     for trajectory, mask in zip(trajectories, masks, strict=True):
         target = box_of(mask)
+        if target is None:
+            absent += 1
+            absent_right += trajectory.no_target
+            continue
+        present += 1
+        present_wrong += trajectory.no_target
         root = trajectory.turns[0].view_box if trajectory.turns else None
         views = [t.view_box for t in trajectory.turns if t.view_box != root]
-        if target is None or not views:
-            continue
-        zoomed += 1
-        first_hits += _holds(views[0], target)
-        some_hits += any(_holds(v, target) for v in views)
-    if not zoomed:
-        return {"first_zoom_hit": None, "some_zoom_hit": None}
-    return {"first_zoom_hit": first_hits / zoomed, "some_zoom_hit": some_hits / zoomed}
+        if views:
+            zoomed += 1
+            first_hits += _holds(views[0], target)
+            some_hits += any(_holds(v, target) for v in views)
+    n = max(len(trajectories), 1)
+    return {"first_zoom_hit": first_hits / zoomed if zoomed else None,
+            "some_zoom_hit": some_hits / zoomed if zoomed else None,
+            "zooms": sum(t.tool_counts.get("zoom_in", 0) for t in trajectories) / n,
+            "no_target_accuracy": absent_right / absent if absent else None,
+            "false_no_target": present_wrong / present if present else None}
 
 
 def episode_stats(trajectories: Sequence[Trajectory]) -> dict[str, Any]:

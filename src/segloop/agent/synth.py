@@ -566,6 +566,23 @@ def generate_scene(seed: int, size: int = 1536, difficulty: str = "medium", no_t
 # --- segloop synth ----------------------------------------------------------------------------------
 
 
+def another_referent(scene: Scene, rng: np.random.Generator) -> tuple[str, np.ndarray] | None:
+    """A query of the grammar that names another object of ``scene`` (resolving to it alone) and that
+    object's mask, or None when no other object can be described. The mask is the object's own drawing:
+    objects painted over it are not taken off, so use it on worlds without overlap (``easy``)."""
+    objects = [SceneObject(**o) for o in scene.meta["objects"]]
+    world = World(objects)
+    for other in rng.permutation(np.arange(1, len(objects))):
+        for kind in rng.permutation(KINDS[:4]):
+            query = _query_for(str(kind), rng, world, int(other))
+            if query is not None:
+                where, inside = _rasterise(objects[int(other)], scene.image.shape[:2])
+                mask = np.zeros(scene.image.shape[:2], dtype=bool)
+                mask[where] = inside
+                return query.text(), mask
+    return None
+
+
 def scene_seed(seed: int, index: int) -> int:
     """The seed of scene ``index`` of a set generated with ``seed`` (independent streams per scene)."""
     return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])

@@ -36,7 +36,7 @@ def _need_truth(context: PolicyContext) -> np.ndarray:
     return context.ground_truth
 
 
-def _model_box(view: View, box: tuple[float, float, float, float]) -> list[int]:
+def model_box(view: View, box: tuple[float, float, float, float]) -> list[int]:
     """An original-pixel box as the integer view-frame box a model would write (at least 1 wide)."""
     x1, y1 = view.quantise(box[0], box[1])
     x2, y2 = view.quantise(box[2], box[3])
@@ -85,13 +85,21 @@ class OraclePolicy:
 
     Noise knobs make diverse expert trajectories: ``box_jitter`` (standard deviation of each box edge
     as a share of the box side), ``skip_inspect`` (probability of submitting without inspecting).
+
+    ``compact=True`` is the expert for a student that only writes what the compact policy can
+    (``policies.compact``) and that may be anywhere (DAgger labels the student's own states): it never
+    inspects (the compact policy sees the candidate in its input), corrects only with one positive
+    point, leaves any view that does not hold the whole target (zoom_out), answers "no such object" only
+    from the full view (in a zoomed view it zooms out, as for a look-alike: a zoomed view cannot tell
+    the two apart), on the last turn segments rather than submitting nothing, and names the object each
+    zoom is for (``PolicyTurn.info["zoom_target"]``, its box in the view's frame).
     """
 
     name = "oracle"
 
     def __init__(self, frame: CoordFrame = "pixels", max_side: int = DEFAULT_MAX_SIDE, *, box_jitter: float = 0.0,
                  skip_inspect: float = 0.0, zoom_below: float = 0.15, zoom_context: float = 4.0,
-                 good_iou: float = 0.85, max_refinements: int = 2, max_depth: int = 2) -> None:
+                 good_iou: float = 0.85, max_refinements: int = 2, max_depth: int = 2, compact: bool = False) -> None:
         if not 0 <= skip_inspect <= 1:
             raise ValueError("skip_inspect is a probability in [0, 1]")
         self.frame = frame
@@ -103,11 +111,14 @@ class OraclePolicy:
         self.good_iou = good_iou
         self.max_refinements = max_refinements
         self.max_depth = max_depth
+        self.compact = compact
         self._episodes: dict[str, _OracleEpisode] = {}
 
     async def act(self, context: PolicyContext) -> PolicyTurn:
         truth = _need_truth(context)
         episode = self._episodes.setdefault(context.episode_id, _OracleEpisode(_rng(context)))
+        if self.compact:
+            return self._compact_turn(context, truth, episode)
         view = context.view
         target = box_of(truth)
         if target is None:
@@ -119,9 +130,9 @@ class OraclePolicy:
         if candidate is None or previous in ("zoom_in", "zoom_out"):
             if not _inside(target, view):
                 return _turn("The target is not all inside this view; go back.", ZoomOut())
-            zoom = self._zoom_region(target, view, context.image_size, context.zoom_limits)
+            zoom = self.zoom_region(target, view, context.image_size, context.zoom_limits)
             if zoom is not None and candidate is None and self._may_zoom(context):
-                return _turn("The target is small here; zoom in on it.", ZoomIn(bbox_2d=_model_box(view, zoom)))
+                return _turn("The target is small here; zoom in on it.", ZoomIn(bbox_2d=model_box(view, zoom)))
             return _turn("Box the target.", Segment(bbox_2d=self._jittered(view, target, episode.rng)))
         if previous == "segment" and episode.rng.random() >= self.skip_inspect:
             return _turn("Check the mask.", InspectMask())
@@ -134,6 +145,43 @@ class OraclePolicy:
         episode.refinements += 1
         return _turn("Correct the mask with points on the missed and the extra parts.", refine)
 
+    def _compact_turn(self, context: PolicyContext, truth: np.ndarray, episode: _OracleEpisode) -> PolicyTurn:
+        view, candidate = context.view, context.candidate
+        target = box_of(truth)
+        last_turn = context.turn >= context.max_turns - 1
+        if target is None:
+            if context.view_depth > 0 and not last_turn:
+                return _turn("No such object here; go back.", ZoomOut())
+            return _turn("There is no such object in the image.", Submit(no_target=True))
+        if not _inside(target, view):
+            if last_turn or context.view_depth == 0:
+                return _turn("Last turn: submit what I have.", Submit())
+            return _turn("The target is not all inside this view; go back.", ZoomOut())
+        if last_turn:
+            if candidate is not None and iou(candidate, truth) > 0:
+                return _turn("Last turn: submit.", Submit())
+            return _turn("Last turn: box the target.", Segment(bbox_2d=self._jittered(view, target, episode.rng)))
+        previous = _last_action(context)
+        if candidate is None or previous in ("zoom_in", "zoom_out"):
+            zoom = self.zoom_region(target, view, context.image_size, context.zoom_limits)
+            if zoom is not None and self._may_zoom(context):
+                turn = _turn("The target is small here; zoom in on it.", ZoomIn(bbox_2d=model_box(view, zoom)))
+                turn.info["zoom_target"] = model_box(view, target)
+                return turn
+            return _turn("Box the target.", Segment(bbox_2d=self._jittered(view, target, episode.rng)))
+        quality = iou(candidate, truth)
+        if quality >= self.good_iou or episode.refinements >= self.max_refinements:
+            return _turn("The mask covers the target.", Submit())
+        episode.refinements += 1
+        box = self._jittered(view, target, episode.rng)
+        if quality > 0:
+            b = view.box
+            spot = _deepest_point((truth & ~candidate)[b.y1:b.y2, b.x1:b.x2])
+            if spot is not None:
+                point = list(view.quantise(b.x1 + spot[0] + 0.5, b.y1 + spot[1] + 0.5))
+                return _turn("Add the missed part.", Segment(bbox_2d=box, points_2d=[point], point_labels=[1]))
+        return _turn("Box the target again.", Segment(bbox_2d=box))
+
     def _may_zoom(self, context: PolicyContext) -> bool:
         """Zoom at most ``max_depth`` levels, and not again after a refused zoom (maximum zoom reached)."""
         if context.view_depth >= self.max_depth:
@@ -141,7 +189,7 @@ class OraclePolicy:
         last = next((m for m in reversed(context.messages) if m.role == "tool"), None)
         return last is None or not last.content.startswith("Error")
 
-    def _zoom_region(self, target: tuple[int, int, int, int], view: View, image_size: tuple[int, int],
+    def zoom_region(self, target: tuple[int, int, int, int], view: View, image_size: tuple[int, int],
                      limits: ZoomLimits) -> tuple[float, float, float, float] | None:
         """A region around a target that is small in ``view`` (None when it is large enough)."""
         side = max(target[2] - target[0], target[3] - target[1])
@@ -168,7 +216,7 @@ class OraclePolicy:
             y1, y2 = y1 + rng.gauss(0, self.box_jitter * h), y2 + rng.gauss(0, self.box_jitter * h)
             x1, x2 = min(x1, x2 - 1), max(x2, x1 + 1)
             y1, y2 = min(y1, y2 - 1), max(y2, y1 + 1)
-        return _model_box(view, (x1, y1, x2, y2))
+        return model_box(view, (x1, y1, x2, y2))
 
     def _refinement(self, candidate: np.ndarray, truth: np.ndarray, target: tuple[int, int, int, int],
                     view: View, rng: random.Random) -> Segment | None:
@@ -203,7 +251,7 @@ class SingleShotPolicy:
         if target is None:
             return _turn("There is no such object.", Submit(no_target=True))
         if context.candidate is None and context.turn < context.max_turns - 1:
-            return _turn("Box the target.", Segment(bbox_2d=_model_box(context.view, target)))
+            return _turn("Box the target.", Segment(bbox_2d=model_box(context.view, target)))
         return _turn("Done.", Submit())
 
     def end_episode(self, episode_id: str) -> None:

@@ -3,13 +3,20 @@
 One step (CleanRL style, everything in ``GRPOConfig``):
 1. ``prompts_per_step`` training samples, ``group_size`` episodes each, all run concurrently through
    the same ``Agent`` graph and tools (a batching policy answers their turns in shared forward passes).
-2. Reward per episode (``rl.rewards``); advantage = (reward - group mean) / (group std + 1e-6). A group
-   whose rewards are all equal carries no signal: its advantages are zero and its episodes are left out
-   of the loss.
+2. Reward per episode (``rl.rewards``); advantage = reward - group mean, divided by the group's std
+   with ``adv_norm="std"`` (GRPO) or not at all with ``"none"`` (Dr. GRPO: a group that differs only by
+   IoU jitter or the format term then gets advantages of that size, not full-size ones). A group whose
+   rewards spread by no more than ``min_spread`` carries no signal: its advantages are zero and its
+   episodes are left out of the loss.
 3. ``update_epochs`` passes over the episodes in minibatches: ratio = exp(logp - logp_at_rollout),
    loss = -min(ratio * A, clip(ratio, 1 - eps_low, 1 + eps_high) * A), averaged over decision positions
-   (tokens or action parts), plus ``kl_coef`` x the k3 estimate of KL to a frozen copy of the start
-   policy, minus ``entropy_coef`` x entropy.
+   (tokens or action parts; ``loss_agg="token"``) or first within each episode and then over episodes
+   (``"episode"``: a miss that loops to the turn budget does not weigh more than a hit because it took
+   more decisions), plus ``kl_coef`` x the k3 estimate of KL to a frozen copy of the start policy, minus
+   ``entropy_coef`` x entropy.
+Rollouts are reproducible: prompts come from the seeded trainer generator, episode ids name the step,
+prompt and group member, and the episode seed (``EpisodeConfig.seed`` = ``seed``) makes a policy that
+samples per episode (the compact policy, the transformers policy) choose the same whatever the batching.
 Logs per step: reward mean/std, IoU, turns, zoom/inspect rates, KL, clip fraction, entropy, episodes/s,
 decisions/s, peak memory; held-out greedy evaluation every ``eval_every`` steps; ``checkpoint/`` (policy
 + optimizer + step) every ``save_every`` steps, resumed with ``--resume``; ``grpo_log.csv`` and
@@ -24,7 +31,7 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -57,6 +64,10 @@ class GRPOConfig(BaseModel):
     eps_high: float = Field(0.28, gt=0, description="upper clip of the probability ratio (1 + eps_high)")
     kl_coef: float = Field(0.0, ge=0, description="weight of the KL to the starting policy (0: no reference)")
     entropy_coef: float = Field(0.0, ge=0, description="weight of the entropy bonus")
+    adv_norm: Literal["std", "none"] = Field("std", description="divide advantages by the group's std (GRPO) or "
+                                                                "not (Dr. GRPO)")
+    min_spread: float = Field(1e-9, ge=0, description="groups whose rewards spread by no more are left out")
+    loss_agg: Literal["token", "episode"] = Field("token", description="mean over decisions, or per episode first")
     max_grad_norm: float = Field(1.0, gt=0, description="gradient norm clip")
     max_turns: int = Field(8, ge=1, description="turn budget of an episode")
     reward: RewardConfig = Field(default_factory=RewardConfig)
@@ -69,9 +80,11 @@ class GRPOConfig(BaseModel):
     gradient_checkpointing: bool = Field(False, description="transformers models: recompute activations in backward")
 
 
-def group_advantages(rewards: list[float], group_size: int) -> tuple[list[float], list[bool]]:
-    """Advantages normalised inside each group of ``group_size`` consecutive rewards, and whether each
-    episode enters the loss (False for every member of an all-equal group)."""
+def group_advantages(rewards: list[float], group_size: int, normalise: str = "std", min_spread: float = 1e-9
+                     ) -> tuple[list[float], list[bool]]:
+    """Advantages inside each group of ``group_size`` consecutive rewards (centred; divided by the
+    group's std with ``normalise="std"``), and whether each episode enters the loss (False for every
+    member of a group whose rewards spread by ``min_spread`` or less)."""
     if len(rewards) % group_size:
         raise ValueError(f"{len(rewards)} rewards do not split into groups of {group_size}")
     advantages, keep = [], []
@@ -79,10 +92,23 @@ def group_advantages(rewards: list[float], group_size: int) -> tuple[list[float]
         group = rewards[start : start + group_size]
         mean = sum(group) / group_size
         std = (sum((r - mean) ** 2 for r in group) / (group_size - 1)) ** 0.5
-        informative = max(group) - min(group) > 1e-9
-        advantages += [(r - mean) / (std + 1e-6) if informative else 0.0 for r in group]
+        scale = std + 1e-6 if normalise == "std" else 1.0
+        informative = max(group) - min(group) > min_spread
+        advantages += [(r - mean) / scale if informative else 0.0 for r in group]
         keep += [informative] * group_size
     return advantages, keep
+
+
+def aggregate(values: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
+    """Mean of ``values`` (B, T) over the masked positions: all at once (``token``) or per row, then
+    over the rows that have any (``episode``)."""
+    from segloop.policies.learnable import masked_mean
+
+    if how == "token":
+        return masked_mean(values, mask)
+    per_row = (values * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+    rows = (mask.sum(1) > 0).float()
+    return (per_row * rows).sum() / rows.sum().clamp_min(1.0)
 
 
 def policy_loss(policy: LearnablePolicy, records: list, advantages: torch.Tensor, config: GRPOConfig,
@@ -98,7 +124,7 @@ def policy_loss(policy: LearnablePolicy, records: list, advantages: torch.Tensor
     ratio = torch.exp((scored.log_probs - scored.recorded) * mask)
     unclipped = ratio * adv
     clipped = torch.clamp(ratio, 1 - config.eps_low, 1 + config.eps_high) * adv
-    loss = -masked_mean(torch.minimum(unclipped, clipped), mask)
+    loss = -aggregate(torch.minimum(unclipped, clipped), mask, config.loss_agg)
     stats = {"clip_frac": float(masked_mean(((ratio - 1).abs() > 1e-6).float()
                                             * (clipped != unclipped).float(), mask))}
     if scored.entropy is not None:
@@ -109,7 +135,7 @@ def policy_loss(policy: LearnablePolicy, records: list, advantages: torch.Tensor
         with torch.no_grad():
             ref = reference.log_probs(records).log_probs.to(scored.log_probs.device)
         delta = (ref - scored.log_probs) * mask
-        kl = masked_mean(torch.exp(delta) - delta - 1, mask)
+        kl = aggregate(torch.exp(delta) - delta - 1, mask, config.loss_agg)
         loss = loss + config.kl_coef * kl
         stats["kl"] = kl.item()
     return loss, stats
@@ -119,6 +145,8 @@ def _load(config: GRPOConfig, directory: Path) -> LearnablePolicy:
     from segloop.policies.learnable import load_learnable
 
     options: dict[str, Any] = {}
+    if _is_compact(directory):
+        options["seed"] = config.seed
     if config.lora_rank is not None:
         options["lora_rank"] = config.lora_rank
     if config.gradient_checkpointing:
@@ -126,15 +154,22 @@ def _load(config: GRPOConfig, directory: Path) -> LearnablePolicy:
     return load_learnable(directory, **options)
 
 
+def _is_compact(directory: Path) -> bool:
+    try:
+        return json.loads((Path(directory) / "config.json").read_text()).get("segloop_policy") == "compact"
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return False
+
+
 def train(config: GRPOConfig, resume: bool = False) -> dict[str, Any]:
     import torch
 
     from segloop.agent.episode import EpisodeConfig
-    from segloop.agent.stats import episode_stats, zoom_hits
+    from segloop.agent.stats import episode_stats, search_stats
     from segloop.policies import AgentSpec, build_agent
     from segloop.rl.curves import CurveLog, plot_curves
     from segloop.rl.rewards import episode_reward
-    from segloop.rl.rollout import evaluate, first_items, items, peak_memory_mb, run_episodes
+    from segloop.rl.rollout import EVAL_COLUMNS, eval_row, evaluate, first_items, items, peak_memory_mb, run_episodes
 
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
@@ -166,18 +201,18 @@ def train(config: GRPOConfig, resume: bool = False) -> dict[str, Any]:
     spec = AgentSpec(segmenter=config.segmenter, episode=EpisodeConfig(max_turns=config.max_turns, seed=config.seed))
     agent = build_agent(spec, policy=policy)
     log = CurveLog(config.out / "grpo_log.csv")
-    columns = ["step", "reward_mean", "reward_std", "iou", "first_zoom_hit", "turns", "zoom_rate", "inspect_rate",
-               "segment_rate", "submit_rate", "valid_rate", "kl", "clip_frac", "entropy", "skipped_groups", "loss",
-               "episodes_per_s", "decisions_per_s", "peak_mem_mb", "eval_giou", "eval_ciou", "eval_zoom_rate",
-               "eval_inspect_rate", "eval_valid_rate", "eval_first_zoom_hit"]
+    # Training-rollout figures (the same names as agent.stats), then the update's, then the held-out ones.
+    rollout_columns = ["iou", "first_zoom_hit", "some_zoom_hit", "zooms", "zoom_out_rate", "turns", "zoom_rate",
+                       "segment_rate", "submit_rate", "valid_rate", "no_target_accuracy", "false_no_target"]
+    columns = ["step", "reward_mean", "reward_std", *rollout_columns, "kl", "clip_frac", "entropy", "skipped_groups",
+               "loss", "episodes_per_s", "decisions_per_s", "cpu_min", "wall_min", "peak_mem_mb", *EVAL_COLUMNS]
+    cpu0, wall0 = time.process_time(), time.perf_counter()
     summary: dict[str, Any] = {}
 
     def evaluate_now(row: dict[str, Any]) -> None:
         policy.train(False)
         result = evaluate(agent, eval_items, prefix=f"grpo-eval-{row['step']}")
-        row.update(eval_giou=round(result["giou"], 4), eval_ciou=round(result["ciou"], 4),
-                   eval_zoom_rate=result["zoom_rate"], eval_inspect_rate=result["inspect_rate"],
-                   eval_valid_rate=result["valid_rate"], eval_first_zoom_hit=result["first_zoom_hit"])
+        row.update(eval_row(result))
         summary["eval"] = result
         print(f"step {row['step']}: held-out gIoU {result['giou']:.3f} cIoU {result['ciou']:.3f} "
               f"zoom {result['zoom_rate']:.2f} first zoom holds target {result['first_zoom_hit']}", file=sys.stderr)
@@ -199,7 +234,7 @@ def train(config: GRPOConfig, resume: bool = False) -> dict[str, Any]:
         breakdowns = [episode_reward(r, item.mask, item.ignore, config.reward) for r, (item, _) in zip(results, jobs,
                                                                                                      strict=True)]
         rewards = [b.reward for b in breakdowns]
-        advantages, keep = group_advantages(rewards, config.group_size)
+        advantages, keep = group_advantages(rewards, config.group_size, config.adv_norm, config.min_spread)
         records = [r.trajectory.ledger for r in results]
         used = [i for i, k in enumerate(keep) if k and records[i]]
         stats: dict[str, list[float]] = {}
@@ -221,17 +256,17 @@ def train(config: GRPOConfig, resume: bool = False) -> dict[str, Any]:
         elapsed = time.perf_counter() - tic
         decisions = sum(len(r) for r in records)
         mean = sum(rewards) / len(rewards)
+        trajectories = [r.trajectory for r in results]
+        found = {**episode_stats(trajectories), **search_stats(trajectories, [item.mask for item, _ in jobs]),
+                 "iou": sum(b.iou for b in breakdowns) / len(breakdowns)}
         row = dict.fromkeys(columns)
         row.update(step=step, reward_mean=round(mean, 4),
                    reward_std=round((sum((r - mean) ** 2 for r in rewards) / len(rewards)) ** 0.5, 4),
-                   iou=round(sum(b.iou for b in breakdowns) / len(breakdowns), 4),
-                   first_zoom_hit=zoom_hits([r.trajectory for r in results], [item.mask for item, _ in jobs])[
-                       "first_zoom_hit"],
+                   **{k: None if found[k] is None else round(found[k], 4) for k in rollout_columns},
                    skipped_groups=keep.count(False) // config.group_size, loss=loss_value,
                    episodes_per_s=round(len(results) / rollout_s, 2), decisions_per_s=round(decisions / elapsed, 1),
-                   peak_mem_mb=round(peak_memory_mb(), 1),
-                   **{k: round(v, 4) for k, v in episode_stats([r.trajectory for r in results]).items()
-                      if k in columns},
+                   cpu_min=round((time.process_time() - cpu0) / 60, 2),
+                   wall_min=round((time.perf_counter() - wall0) / 60, 2), peak_mem_mb=round(peak_memory_mb(), 1),
                    **{k: round(sum(v) / len(v), 5) for k, v in stats.items()})
         if eval_items and (step % config.eval_every == 0 or step == config.steps):
             evaluate_now(row)
@@ -243,7 +278,7 @@ def train(config: GRPOConfig, resume: bool = False) -> dict[str, Any]:
             torch.save({"optimizer": optimizer.state_dict(), "step": step, "rng": rng.getstate()},
                        checkpoint / "trainer_state.pt")
     policy.save_pretrained(config.out / "final")
-    plot_curves(log.rows(), ["reward_mean", "iou", "first_zoom_hit", "eval_giou", "zoom_rate", "inspect_rate",
-                             "entropy", "kl", "clip_frac"], config.out / "grpo_curves.png", "GRPO")
+    plot_curves(log.rows(), ["reward_mean", "iou", "first_zoom_hit", "some_zoom_hit", "zoom_out_rate", "eval_giou",
+                             "segment_rate", "entropy", "kl"], config.out / "grpo_curves.png", "GRPO")
     (config.out / "grpo_summary.json").write_text(json.dumps(summary, indent=1, default=str))
     return summary

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from segloop.agent.sample import Sample
-from segloop.agent.stats import episode_stats, zoom_hits
+from segloop.agent.stats import episode_stats, search_stats
 from segloop.tools.masks import Metrics, score_sample
 
 if TYPE_CHECKING:
@@ -113,6 +113,18 @@ async def run_episodes(agent: Agent, jobs: Sequence[tuple[Item, str]], concurren
     return await asyncio.gather(*(one(item, eid) for item, eid in jobs))
 
 
+# The held-out figures the trainers log, as ``eval_<name>`` columns.
+EVAL_COLUMNS = tuple(f"eval_{k}" for k in (
+    "giou", "ciou", "turns", "zoom_rate", "zoom_out_rate", "segment_rate", "submit_rate", "valid_rate",
+    "first_zoom_hit", "some_zoom_hit", "zooms", "no_target_accuracy", "false_no_target"))
+
+
+def eval_row(result: dict[str, Any]) -> dict[str, float | None]:
+    """``evaluate``'s figures as a log row's ``EVAL_COLUMNS``."""
+    return {column: None if result.get(column[5:]) is None else round(result[column[5:]], 4)
+            for column in EVAL_COLUMNS}
+
+
 def evaluate(agent: Agent, items: Sequence[Item], prefix: str = "eval") -> dict[str, Any]:
     """Greedy episodes of ``agent`` over ``items``: the metrics summary (gIoU, cIoU, by size, by kind),
     what the episodes did (``agent.stats``) and whether their zooms held the target. The policy's
@@ -130,7 +142,7 @@ def evaluate(agent: Agent, items: Sequence[Item], prefix: str = "eval") -> dict[
     for item, result in zip(items, results, strict=True):
         metrics.add(score_sample(item.sample.id, result.mask, item.mask, item.ignore, kind=item.sample.kind))
     trajectories = [r.trajectory for r in results]
-    return {**metrics.summary(), **episode_stats(trajectories), **zoom_hits(trajectories, [i.mask for i in items])}
+    return {**metrics.summary(), **episode_stats(trajectories), **search_stats(trajectories, [i.mask for i in items])}
 
 
 def peak_memory_mb() -> float:

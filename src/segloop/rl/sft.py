@@ -12,6 +12,14 @@ episodes, and every ``refresh_every`` steps ``refresh_size`` new ones (the next 
 wrapping around) replace the oldest: fresh scenes instead of memorised ones, at a bounded memory.
 Held-out greedy episodes are scored every ``eval_every`` steps; logs go to ``sft_log.csv`` and
 ``sft_curves.png``, checkpoints to ``step_XXXXX/`` and ``final/``.
+
+DAgger (``--mode dagger``, needs a pool and a student that can ``act_and_imitate``): the episodes are
+driven by the student being trained (``DAggerForcing``) and labelled by the expert in the states the
+student reaches, so recovery states (a view without the target, after a zoom-out, a wrong candidate)
+are in the data; an expert that knows the answer never visits them itself. Each refresh runs fresh
+episodes with the current weights: the pool is always the recent students' states. ``replay_cache``
+mixes ``replay_batch`` states of a render cache (``rl.render_cache``) into every step, so the densely
+pre-trained first-view decisions are not forgotten while the episode-level decisions are learnt.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import random
 import sys
 import time
 from pathlib import Path
@@ -61,6 +70,14 @@ class SFTConfig(BaseModel):
     pool_size: int = Field(0, ge=0, description="expert episodes trained on at a time; 0: all of --data, once")
     refresh_every: int = Field(25, ge=1, description="with a pool: steps between refreshes")
     refresh_size: int = Field(32, ge=1, description="with a pool: new expert episodes per refresh")
+    mode: Literal["expert", "dagger"] = Field("expert", description="episodes driven by the expert, or by the "
+                                                                    "student and labelled by the expert (DAgger)")
+    follow_expert: float = Field(0.2, ge=0, le=1, description="DAgger: share of episodes the expert drives")
+    greedy_share: float = Field(0.5, ge=0, le=1, description="DAgger: share of student episodes acted greedily "
+                                                             "(the rest sample)")
+    replay_cache: Path | None = Field(None, description="a render cache whose states are mixed into every step")
+    replay_batch: int = Field(16, ge=0, description="render-cache states per step")
+    warmup: int = Field(20, ge=0, description="steps of linear learning-rate warm-up")
     expert_options: dict[str, Any] = Field(default_factory=dict,
                                            description='JSON options of the expert, e.g. {"box_jitter": 0.05}')
     compact_options: dict[str, Any] = Field(default_factory=dict,
@@ -97,6 +114,55 @@ class ExpertForcing:
         return self.student.end_episode(episode_id)
 
 
+class DAggerForcing:
+    """A ``Policy`` for the graph whose episodes the student drives and the expert labels (DAgger).
+
+    Each turn the expert says what it would do in the state the episode is in, and the student records
+    exactly that as its decision to learn (``act_and_imitate``), while the action executed is the
+    student's own (greedy or sampled), so its mistakes and the states they lead to (a view without the
+    target, a zoom-out, a wrong candidate) are in the data with the expert's answer to them. Per
+    episode, with probability ``follow_expert`` the expert's action is executed instead (classic DAgger's
+    beta: the expert's own states stay in the mix), and the student acts greedily with probability
+    ``greedy_share``, else samples. Both draws depend only on ``seed`` and the episode id.
+    """
+
+    def __init__(self, expert: Policy, student: Any, *, follow_expert: float = 0.0, greedy_share: float = 0.5,
+                 seed: int = 0) -> None:
+        if not hasattr(student, "act_and_imitate"):
+            raise ValueError(f"the {student.name} policy cannot act and imitate at once (DAgger)")
+        if expert.frame != student.frame or expert.max_side != student.max_side:
+            raise ValueError("expert and student must see the same views and write in the same frame")
+        self.expert = expert
+        self.student = student
+        self.follow_expert = follow_expert
+        self.greedy_share = greedy_share
+        self.seed = seed
+        self.name = f"{expert.name}~>{student.name}"
+        self.frame = student.frame
+        self.max_side = student.max_side
+        self._modes: dict[str, tuple[bool, bool]] = {}
+
+    def _mode(self, episode_id: str) -> tuple[bool, bool]:
+        if episode_id not in self._modes:
+            rng = random.Random(f"{self.seed}/{episode_id}")
+            self._modes[episode_id] = (rng.random() < self.follow_expert, rng.random() < self.greedy_share)
+        return self._modes[episode_id]
+
+    async def act(self, context: PolicyContext) -> PolicyTurn:
+        expert_turn = await self.expert.act(context)
+        follow, greedy = self._mode(context.episode_id)
+        return await self.student.act_and_imitate(context, expert_turn, greedy=greedy, follow_expert=follow)
+
+    def end_episode(self, episode_id: str) -> Any:
+        self._modes.pop(episode_id, None)
+        self.expert.end_episode(episode_id)
+        return self.student.end_episode(episode_id)
+
+
+# What each refresh's episodes did, logged beside the held-out figures (``collect_`` columns).
+COLLECT_COLUMNS = ("giou", "some_zoom_hit", "zoom_out_rate", "no_target_accuracy")
+
+
 def _cache_key(config: SFTConfig, student: LearnablePolicy, n_items: int) -> str:
     data = Path(config.data)
     stamp = data.stat().st_mtime_ns if data.is_file() else 0
@@ -107,18 +173,20 @@ def _cache_key(config: SFTConfig, student: LearnablePolicy, n_items: int) -> str
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def collect_expert_records(agent: Agent, items: list, prefix: str = "expert") -> tuple[list, dict[str, float]]:
-    """The student's records of the expert's episodes over ``items`` (``agent`` runs an ``ExpertForcing``
-    policy), and the expert's mean IoU and tool use."""
-    from segloop.agent.stats import episode_stats
+def collect_records(agent: Agent, items: list, prefix: str = "expert") -> tuple[list, dict[str, float]]:
+    """The student's records of the episodes over ``items`` (``agent`` runs an ``ExpertForcing`` or a
+    ``DAggerForcing`` policy), and what those episodes did: their mean IoU (``giou``) and the
+    ``agent.stats`` figures."""
+    from segloop.agent.stats import episode_stats, search_stats
     from segloop.rl.rollout import run_episodes
     from segloop.tools.masks import iou
 
     results = asyncio.run(run_episodes(agent, [(item, f"{prefix}-{i}") for i, item in enumerate(items)]))
     records = [r.trajectory.ledger for r in results]
-    tool_use = episode_stats([r.trajectory for r in results])
-    stats = {"expert_giou": sum(iou(r.mask, it.mask, it.ignore) for r, it in zip(results, items, strict=True))
-             / max(len(items), 1), **{k: v for k, v in tool_use.items() if isinstance(v, float)}}
+    trajectories = [r.trajectory for r in results]
+    found = {**episode_stats(trajectories), **search_stats(trajectories, [it.mask for it in items])}
+    stats = {"giou": sum(iou(r.mask, it.mask, it.ignore) for r, it in zip(results, items, strict=True))
+             / max(len(items), 1), **{k: v for k, v in found.items() if isinstance(v, float)}}
     return records, stats
 
 
@@ -164,7 +232,7 @@ def train(config: SFTConfig) -> dict[str, Any]:
     from segloop.agent.episode import EpisodeConfig
     from segloop.policies import AgentSpec, build_agent
     from segloop.rl.curves import CurveLog, plot_curves
-    from segloop.rl.rollout import SynthItems, evaluate, first_items, items, peak_memory_mb
+    from segloop.rl.rollout import EVAL_COLUMNS, SynthItems, eval_row, evaluate, first_items, items, peak_memory_mb
 
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
@@ -180,14 +248,28 @@ def train(config: SFTConfig) -> dict[str, Any]:
         queries = [it.sample.query for it in data]
     student = build_student(config, queries)
     expert = build_expert(config.expert, student, config.expert_options)
+    if config.mode == "dagger":
+        if not config.pool_size:
+            raise ValueError("DAgger collects with the current student: give --pool-size (and a refresh)")
+        driver: Policy = DAggerForcing(expert, student, follow_expert=config.follow_expert,
+                                       greedy_share=config.greedy_share, seed=config.seed)
+    else:
+        driver = ExpertForcing(expert, student)
     spec = AgentSpec(segmenter=config.segmenter, episode=EpisodeConfig(max_turns=config.max_turns, seed=config.seed))
-    expert_agent = build_agent(spec, policy=ExpertForcing(expert, student))
-    student_agent = build_agent(spec, policy=student, segmenter=expert_agent.segmenter)
+    collect_agent = build_agent(spec, policy=driver)
+    student_agent = build_agent(spec, policy=student, segmenter=collect_agent.segmenter)
+    replay = None
+    if config.replay_cache is not None:
+        from segloop.rl.render_cache import RenderCache
+
+        replay = RenderCache(config.replay_cache)
+        replay.check(student.config)
 
     cursor = 0
 
     def collect(n: int, cache_dir: Path | None = None) -> tuple[list, dict[str, float]]:
-        """Expert records of the next ``n`` items, 64 episodes at a time (bounded image memory)."""
+        """Records of the next ``n`` items, 64 episodes at a time (bounded image memory); the student acts
+        as it will be evaluated (``train(False)``)."""
         nonlocal cursor
         if cache_dir is not None and (cache_dir / "records.pt").is_file():
             saved = torch.load(cache_dir / "records.pt", weights_only=False)
@@ -195,7 +277,9 @@ def train(config: SFTConfig) -> dict[str, Any]:
         found, weighted = [], {}
         for start in range(0, n, 64):
             chunk = [data[(cursor + i) % len(data)] for i in range(start, min(n, start + 64))]
-            part, part_stats = collect_expert_records(expert_agent, chunk, prefix=f"expert-{cursor + start}")
+            student.train(False)
+            part, part_stats = collect_records(collect_agent, chunk, prefix=f"{config.mode}-{cursor + start}")
+            student.train(True)
             found += part
             for key, value in part_stats.items():
                 weighted[key] = weighted.get(key, 0.0) + value * len(chunk) / n
@@ -212,7 +296,7 @@ def train(config: SFTConfig) -> dict[str, Any]:
     else:
         cache = config.cache or config.out / "expert_cache"
         records, stats = collect(len(data), cache / _cache_key(config, student, len(data)))
-    print(f"expert: {len(records)} episodes, gIoU {stats['expert_giou']:.3f}, "
+    print(f"{config.mode}: {len(records)} episodes, gIoU {stats['giou']:.3f}, "
           f"{time.perf_counter() - started:.0f}s", file=sys.stderr)
     if not records:
         raise ValueError("the expert produced no decisions to learn from")
@@ -220,41 +304,43 @@ def train(config: SFTConfig) -> dict[str, Any]:
     params = [p for p in student.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / 20) * max(0.1, 1 - s / max(config.steps, 1)))
+        optimizer, lambda s: min(1.0, (s + 1) / max(config.warmup, 1)) * max(0.1, 1 - s / max(config.steps, 1)))
     log = CurveLog(config.out / "sft_log.csv")
     generator = torch.Generator().manual_seed(config.seed)
-    summary: dict[str, Any] = {"expert": stats}
+    summary: dict[str, Any] = {"collect": stats}
+    cpu0, wall0 = time.process_time(), time.perf_counter()
 
     def evaluate_now(step: int, loss: float | None, rate: float | None = None) -> None:
-        row: dict[str, Any] = {"step": step, "loss": loss, "lr": schedule.get_last_lr()[0], "eval_giou": None,
-                               "eval_ciou": None, "eval_zoom_rate": None, "eval_turns": None,
-                               "eval_valid_rate": None, "eval_segment_rate": None, "eval_inspect_rate": None,
-                               "eval_submit_rate": None, "eval_first_zoom_hit": None,
+        row: dict[str, Any] = {"step": step, "loss": loss, "lr": schedule.get_last_lr()[0],
+                               "cpu_min": round((time.process_time() - cpu0) / 60, 2),
+                               "wall_min": round((time.perf_counter() - wall0) / 60, 2),
+                               **{f"collect_{k}": round(stats.get(k, 0.0), 4) for k in COLLECT_COLUMNS},
                                "decisions_per_s": None if rate is None else round(rate, 1),
-                               "peak_mem_mb": round(peak_memory_mb(), 1)}
+                               "peak_mem_mb": round(peak_memory_mb(), 1), **dict.fromkeys(EVAL_COLUMNS)}
         if eval_items:
             student.train(False)
             result = evaluate(student_agent, eval_items, prefix=f"sft-eval-{step}")
             student.train(True)
-            row.update(eval_giou=round(result["giou"], 4), eval_ciou=round(result["ciou"], 4),
-                       eval_zoom_rate=result["zoom_rate"], eval_turns=result["turns"],
-                       eval_valid_rate=result["valid_rate"], eval_segment_rate=result["segment_rate"],
-                       eval_inspect_rate=result["inspect_rate"], eval_submit_rate=result["submit_rate"],
-                       eval_first_zoom_hit=result["first_zoom_hit"])
+            row.update(eval_row(result))
             summary["eval"] = result
             print(f"step {step}: held-out gIoU {result['giou']:.3f} cIoU {result['ciou']:.3f} "
-                  f"first zoom holds target {result['first_zoom_hit']}", file=sys.stderr)
+                  f"first zoom holds target {result['first_zoom_hit']} some zoom {result['some_zoom_hit']}; "
+                  f"{row['cpu_min']} CPU min", file=sys.stderr)
         log.write(row)
 
     evaluate_now(0, None)
     student.train(True)
     tic, decisions = time.perf_counter(), 0
+    replay_rng = torch.Generator().manual_seed(config.seed + 1)
     for step in range(1, config.steps + 1):
         if config.pool_size and step % config.refresh_every == 0:
-            fresh, _ = collect(config.refresh_size)
+            fresh, stats = collect(config.refresh_size)
             records = records[len(fresh):] + fresh
         index = torch.randint(len(records), (config.batch_size,), generator=generator).tolist()
         batch = [records[i] for i in index]
+        if replay is not None and config.replay_batch:
+            rows = torch.randint(len(replay), (config.replay_batch,), generator=replay_rng).tolist()
+            batch += [[replay.record(i)] for i in rows]
         loss = sft_loss(student, batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -269,7 +355,7 @@ def train(config: SFTConfig) -> dict[str, Any]:
         elif step % 10 == 0:
             log.write({"step": step, "loss": round(loss.item(), 5), "lr": schedule.get_last_lr()[0]})
     student.save_pretrained(config.out / "final")
-    plot_curves(log.rows(), ["loss", "eval_valid_rate", "eval_giou", "eval_ciou", "eval_zoom_rate"],
-                config.out / "sft_curves.png", "SFT")
+    plot_curves(log.rows(), ["loss", "collect_giou", "eval_giou", "eval_first_zoom_hit", "eval_some_zoom_hit",
+                             "eval_zoom_out_rate"], config.out / "sft_curves.png", f"SFT ({config.mode})")
     (config.out / "sft_summary.json").write_text(json.dumps(summary, indent=1, default=str))
     return summary
