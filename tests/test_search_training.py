@@ -197,6 +197,18 @@ def test_render_cache_states_are_the_policys_inputs_with_the_experts_labels(tmp_
     assert record.image.shape == (3, 64, 64) and record.visited.shape == (64, 64) and record.imitated
     after = [i for i, s in enumerate(steps) if s == "root_after_miss"]
     assert all(cache.record(i).visited.any() for i in after)
+    # Swapped queries: the same zoomed picture as a look-alike's view (or a target's), another query,
+    # the opposite label; the named object's box is stored as its target.
+    tags, queries = cache.arrays["tags"], cache.arrays["query"]
+    for i, step in enumerate(steps):
+        if step != "swapped_view":
+            continue
+        twin = i - 1  # the view it was made from is the state stored just before it
+        assert STEPS[int(tags[twin][1])] in ("lookalike_view", "target_view")
+        assert cache.arrays["index"][i] == cache.arrays["index"][twin]
+        assert not np.array_equal(queries[i], queries[twin])
+        assert tools[i] == ("segment" if steps[twin] == "lookalike_view" else "zoom_out") != tools[twin]
+    assert {"segment", "zoom_out"} <= {tools[i] for i, s in enumerate(steps) if s == "swapped_view"}
     with pytest.raises(ValueError, match="rebuild"):
         cache.check(CompactConfig(vocabulary=config.vocabulary, max_side=112, input_size=64, grid=32))
 

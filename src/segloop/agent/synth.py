@@ -571,15 +571,24 @@ def another_referent(scene: Scene, rng: np.random.Generator) -> tuple[str, np.nd
     object's mask, or None when no other object can be described. The mask is the object's own drawing:
     objects painted over it are not taken off, so use it on worlds without overlap (``easy``)."""
     objects = [SceneObject(**o) for o in scene.meta["objects"]]
-    world = World(objects)
     for other in rng.permutation(np.arange(1, len(objects))):
-        for kind in rng.permutation(KINDS[:4]):
-            query = _query_for(str(kind), rng, world, int(other))
-            if query is not None:
-                where, inside = _rasterise(objects[int(other)], scene.image.shape[:2])
-                mask = np.zeros(scene.image.shape[:2], dtype=bool)
-                mask[where] = inside
-                return query.text(), mask
+        query = describe(scene, int(other), rng)
+        if query is not None:
+            where, inside = _rasterise(objects[int(other)], scene.image.shape[:2])
+            mask = np.zeros(scene.image.shape[:2], dtype=bool)
+            mask[where] = inside
+            return query, mask
+    return None
+
+
+def describe(scene: Scene, index: int, rng: np.random.Generator) -> str | None:
+    """A query of the grammar (of a random kind) that resolves to object ``index`` of ``scene`` alone, or
+    None when the scene has none for it."""
+    world = World([SceneObject(**o) for o in scene.meta["objects"]])
+    for kind in rng.permutation(KINDS[:4]):
+        query = _query_for(str(kind), rng, world, index)
+        if query is not None:
+            return query.text()
     return None
 
 

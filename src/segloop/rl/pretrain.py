@@ -75,7 +75,8 @@ def probe(policy: Any, cache: Any, n: int, image_size: tuple[int, int] = (768, 7
     ``root_hit`` (a zoom that holds the target, or a segment where the expert segments too),
     ``root_top3`` (one of the three highest local peaks of the centre map, zoomed with the size read
     there, holds it), ``after_miss_hit`` (the same after one or two look-alikes were visited),
-    ``target_view_acc`` / ``lookalike_view_acc`` (the expert's tool in a zoomed view), ``no_target_acc``
+    ``target_view_acc`` / ``lookalike_view_acc`` / ``swapped_view_acc`` (the expert's tool in a zoomed
+    view; swapped: the view under a query naming another object), ``no_target_acc``
     and ``false_no_target`` (first views), ``segment_box_iou`` (box written vs the expert's, target views)."""
     import torch
     import torch.nn.functional as F
@@ -133,8 +134,10 @@ def probe(policy: Any, cache: Any, n: int, image_size: tuple[int, int] = (768, 7
                 add("target_view_acc", tool == expert)
                 if tool == segment and expert == segment:
                     add("segment_box_iou", _box_iou(policy, chosen[j], label, view))
-            else:
+            elif step == "lookalike_view":
                 add("lookalike_view_acc", tool == expert)
+            else:
+                add("swapped_view_acc", tool == expert)
     return {k: round(sum(v) / len(v), 4) for k, v in sorted(tallies.items())}
 
 
@@ -214,8 +217,8 @@ def train(config: PretrainConfig) -> dict[str, Any]:
     cpu0, wall0 = time.process_time(), time.perf_counter()
     summary: dict[str, Any] = {"cache_states": len(cache)}
     columns = ["step", "loss", "lr", "cpu_min", "wall_min", "samples_per_cpu_s", "peak_mem_mb", "root_hit",
-               "root_top3", "after_miss_hit", "target_view_acc", "lookalike_view_acc", "segment_box_iou",
-               "no_target_acc", "false_no_target"]
+               "root_top3", "after_miss_hit", "target_view_acc", "lookalike_view_acc", "swapped_view_acc",
+               "segment_box_iou", "no_target_acc", "false_no_target"]
     losses: list[float] = []
     batch_size = config.root_batch + config.zoomed_batch
     tic = time.process_time()

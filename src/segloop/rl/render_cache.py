@@ -15,7 +15,12 @@ graph: no segmenter is called, so no state here holds a candidate):
 - search: the full view, a zoom onto a look-alike (an object sharing the target's colour and other
   attributes; for a "no such object" query, the near miss it was made from), zoom_out, sometimes a
   second look-alike and zoom_out, then the target's zoom: "not here -> zoom out", "the next candidate
-  given what was visited", and the target's view after a search.
+  given what was visited", and the target's view after a search;
+- swapped queries: a zoomed view seen with a query that names another object. A look-alike's view with a
+  query naming that look-alike is "segment it"; the target's view with a query naming an object outside
+  it is "not here". Why: the zoomed network learnt the segment-or-leave decision from the picture alone
+  (measured: its accuracy was the same with the query removed); the same picture under two queries with
+  opposite labels leaves it no way but to read the query.
 Every state is stored with its label (the expert's action as the policy's parts) and, for the go/no-go
 checks, the target's box and the state's view.
 
@@ -43,7 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field
 # Kinds of query, in ``tags[:, 3]``.
 KIND_CODES = ("attribute", "unique", "superlative", "relation", "no_target")
 # Walk steps, in ``tags[:, 1]``: what the state is.
-STEPS = ("root", "target_view", "lookalike_view", "root_after_miss")
+STEPS = ("root", "target_view", "lookalike_view", "root_after_miss", "swapped_view")
 
 
 @dataclass
@@ -176,8 +181,11 @@ class _Store:
 
 def _scene_states(policy: Any, oracle: Any, item: Any, scene: int, seed: int, store: _Store) -> None:
     """Walk one scene (see the module docstring) and add its labelled states to ``store``."""
-    from segloop.agent.actions import ZoomOut, format_call
-    from segloop.agent.synth import generate_scene, scene_seed
+    import torch
+
+    from segloop.agent.actions import Segment, ZoomOut, format_call
+    from segloop.agent.synth import describe, generate_scene, scene_seed
+    from segloop.policies.scripted import model_box
     from segloop.tools.masks import box_of
 
     made = generate_scene(scene_seed(item.seed, scene), item.size, item.difficulty, item.no_target_rate)
@@ -198,6 +206,39 @@ def _scene_states(policy: Any, oracle: Any, item: Any, scene: int, seed: int, st
         store.add(inputs, parts, target, context.view, (scene, STEPS.index(step), zooms, kind), max_words)
         return text
 
+    def swapped(walk: _Walk, named: int | None, outside: bool) -> None:
+        """The current zoomed view with a query naming object ``named`` (a random object entirely
+        outside the view when ``outside``): "segment it" when it lies inside the view, else "not here"."""
+        context = walk.context(truth)
+        b = context.view.box
+        objects = made.meta["objects"]
+
+        def inside(i: int) -> bool:
+            x1, y1, x2, y2 = _object_box(objects[i])
+            return b.x1 <= x1 and b.y1 <= y1 and x2 <= b.x2 and y2 <= b.y2
+
+        def apart(i: int) -> bool:
+            x1, y1, x2, y2 = _object_box(objects[i])
+            return x2 < b.x1 or x1 > b.x2 or y2 < b.y1 or y1 > b.y2
+
+        if outside:
+            away = [i for i in range(1, len(objects)) if apart(i)]
+            named = int(rng.choice(away)) if away else None
+        if named is None or (not outside and not inside(named)):
+            return
+        query = describe(made, named, rng)
+        if query is None:
+            return
+        inputs = dict(policy.inputs_of(context), query=torch.tensor(policy.config.word_ids(query)))
+        if outside:
+            text = format_call(ZoomOut())
+        else:
+            text = format_call(Segment(bbox_2d=model_box(context.view, _object_box(objects[named]))))
+        parts = policy.parts_of(text, context.view)
+        box = tuple(round(v) for v in _object_box(objects[named]))
+        zooms = policy.zooms_so_far(walk.episode_id)
+        store.add(inputs, parts, box, context.view, (scene, STEPS.index("swapped_view"), zooms, kind), max_words)
+
     # Direct walk: the full view, then a zoom that holds the target.
     walk = _Walk(image, query, policy.max_side, f"c{seed}-{scene}-d")
     label(walk, "root")
@@ -206,6 +247,7 @@ def _scene_states(policy: Any, oracle: Any, item: Any, scene: int, seed: int, st
         if zoom is not None:
             walk.step(zoom)
             label(walk, "target_view")
+            swapped(walk, None, outside=True)
     policy.end_episode(walk.episode_id)
     oracle.end_episode(walk.episode_id)
     # Search walk: one or two look-alikes visited and left, then the target. Its first state is the
@@ -220,6 +262,7 @@ def _scene_states(policy: Any, oracle: Any, item: Any, scene: int, seed: int, st
         walk.step(zoom)
         if "zoom_out" not in label(walk, "lookalike_view"):
             break  # this view holds the target after all: the walk found it
+        swapped(walk, other, outside=False)
         walk.step(format_call(ZoomOut()))
         label(walk, "root_after_miss")
     if target is not None and len(walk.stack.views) == 1:

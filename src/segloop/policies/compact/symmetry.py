@@ -72,8 +72,7 @@ def apply(symmetry: int, image: torch.Tensor, planes: list[torch.Tensor], query:
           width_part: int, height_part: int) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor, torch.Tensor]:
     """The turn seen under ``symmetry``: image (3, S, S), extra (S, S) planes (candidate, visited),
     query ids (L,), parts (P,) whose ``cell_parts`` are grid cells (y * grid + x; -1 and grid**2 are
-    left alone) and whose
-    width/height parts are size bins (swapped by a transpose)."""
+    left alone) and whose width/height parts are size bins (swapped by a transpose)."""
     parts = parts.clone()
     cells = [int(parts[k]) for k in cell_parts]
     # -1 (unused) and grid**2 (the compact policy's "no matching object here") are not places: kept as they are.
