@@ -8,7 +8,8 @@
 #   4. GRPO on the submitted mask's IoU (Dr. GRPO advantages, per-episode loss, KL to the SFT policy;
 #      seed 3 scenes)
 #   5. the README's results table on held-out scenes (seed 2000), never used for any choice
-# Held-out curves during training use seed 1000. Every stage prints its CPU and wall time; WORKERS processes
+# Stages whose output exists are skipped (delete the folder to redo one). Held-out curves during training use
+# seed 1000. Every stage prints its CPU and wall time; WORKERS processes
 # build the cache and the trainers use THREADS torch threads (2 on an otherwise idle 2-core machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,8 +30,8 @@ stage "1. render caches"
     --out "$OUT/cache/probe" --workers "$WORKERS" --seed 1
 
 stage "2. dense pre-training"
-$SEGLOOP train pretrain --cache "$OUT/cache/train" --eval-cache "$OUT/cache/probe" --out "$OUT/pretrain" \
-    --steps 4000 --root-batch 32 --zoomed-batch 16 --lr 2e-3 --eval-every 1000 --eval-n 2000 --seed 0 \
+[ -f "$OUT/pretrain/final/config.json" ] || $SEGLOOP train pretrain --cache "$OUT/cache/train" --eval-cache "$OUT/cache/probe" --out "$OUT/pretrain" \
+    --steps 4000 --root-batch 32 --zoomed-batch 32 --lr 2e-3 --eval-every 1000 --eval-n 2000 --seed 0 \
     --threads "$THREADS"
 
 stage "3. SFT (DAgger)"

@@ -242,3 +242,36 @@ def test_search_stats_count_zoom_outs_some_zoom_hits_and_no_target_answers() -> 
     assert rates["first_zoom_hit"] == 0.0 and rates["some_zoom_hit"] == 1.0
     assert episode_stats(episodes)["zoom_out_rate"] == pytest.approx(1 / 3)
     assert rates["no_target_accuracy"] == 1.0 and rates["false_no_target"] == 0.5
+
+
+def test_dagger_drops_an_expert_label_that_names_a_visited_object() -> None:
+    """The student zoomed into an object and left it; an expert pointing back at it (the target the
+    student wrongly rejected) is a choice the policy cannot make there: no decision, not a -1e9 log-prob."""
+    from segloop.agent.actions import Segment
+    from segloop.agent.policy import PolicyTurn
+
+    policy = _policy()
+    stack = ViewStack(320, 320, 112)
+    picture = np.zeros((112, 112, 3), dtype=np.uint8)
+    messages = [ChatMessage(role="user", content="q", image_id="p0")]
+    pictures = {"p0": picture, "p1": picture, "p2": picture}
+    policy.inputs_of(_context("e", stack, 0, messages, pictures))
+    stack.zoom_in([0, 0, 28, 28])
+    messages += [ChatMessage(role="assistant", content=format_call(ZoomIn(bbox_2d=[0, 0, 28, 28]))),
+                 ChatMessage(role="tool", content="ok", image_id="p1")]
+    policy.inputs_of(_context("e", stack, 1, messages, pictures))
+    stack.zoom_out()
+    messages += [ChatMessage(role="assistant", content=format_call(ZoomOut())),
+                 ChatMessage(role="tool", content="ok", image_id="p2")]
+    context = _context("e", stack, 2, messages, pictures)
+
+    def label(box: list[int]) -> None:
+        asyncio.run(policy.act_and_imitate(context, PolicyTurn(text=format_call(Segment(bbox_2d=box))), greedy=True))
+
+    label([12, 12, 16, 16])  # the visited object's centre (model pixels 10.5..17.5)
+    label([80, 80, 90, 90])  # elsewhere
+    records = policy.end_episode("e")
+    assert (records[-2].parts == -1).all()
+    assert records[-1].parts[0] == TOOLS.index("segment") and records[-1].parts[1] >= 0
+    assert torch.isfinite(policy.log_probs([records[-2:]]).log_probs).all()
+    assert policy.log_probs([records[-1:]]).log_probs.min() > -1e3

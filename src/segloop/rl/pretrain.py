@@ -40,7 +40,7 @@ class PretrainConfig(BaseModel):
                                                                               "policy")
     steps: int = Field(4000, ge=1, description="optimiser steps")
     root_batch: int = Field(32, ge=0, description="full-view states per step (the root network)")
-    zoomed_batch: int = Field(16, ge=0, description="zoomed-view states per step (the zoomed network)")
+    zoomed_batch: int = Field(32, ge=0, description="zoomed-view states per step (the zoomed network)")
     lr: float = Field(2e-3, gt=0, description="Adam learning rate after warm-up")
     final_lr_share: float = Field(0.05, ge=0, le=1, description="the cosine decay ends at this share of --lr")
     warmup: int = Field(100, ge=0, description="steps of linear warm-up")

@@ -339,11 +339,14 @@ class CompactPolicy:
                     out[key] = value.new_zeros((len(state), *value.shape[1:]))
                 out[key] = out[key].index_copy(0, index, value)
         out["tool"] = out["tool"].masked_fill(~self.legal_tools(state), _ILLEGAL)
-        seen = F.adaptive_max_pool2d(batch["visited"].float()[:, None], self.config.grid).flatten(1) > 0
-        # A view whose every cell was visited keeps its cells: the mask must leave some choice.
-        seen &= ~seen.all(1, keepdim=True)
-        out["centre"] = out["centre"].masked_fill(seen, _ILLEGAL)
+        out["centre"] = out["centre"].masked_fill(self.visited_cells(batch["visited"]), _ILLEGAL)
         return out
+
+    def visited_cells(self, visited: torch.Tensor) -> torch.Tensor:
+        """(N, grid**2) bool: the centre cells a zoom may not name, from (N, S, S) visited planes. A view
+        whose every cell was visited keeps its cells: the mask must leave some choice."""
+        seen = F.adaptive_max_pool2d(visited.float()[:, None], self.config.grid).flatten(1) > 0
+        return seen & ~seen.all(1, keepdim=True)
 
     # -- acting ---------------------------------------------------------------------------------------
     async def act(self, context: PolicyContext) -> PolicyTurn:
@@ -356,12 +359,15 @@ class CompactPolicy:
                               follow_expert: bool = False) -> PolicyTurn:
         """DAgger: the student chooses (greedy or sampled) what is executed, unless ``follow_expert``;
         the expert's action in this very state is what is recorded as the decision to learn. A label
-        that is illegal in the state (e.g. the expert submits with no candidate) is recorded as no
-        decision at all."""
+        that is illegal in the state (e.g. the expert submits with no candidate, or zooms onto an object
+        the student visited and left: the target it wrongly rejected) is recorded as no decision at all:
+        its log-probability is -inf-like and would swamp the loss."""
         inputs = self.inputs_of(context)
         episode = self._episode(context)
         label = self.parts_of(expert.text, context.view, expert.info.get("zoom_target"))
-        if not bool(self.legal_tools(inputs["state"][None])[0, int(label[0])]):
+        cell = int(label[1])
+        if not bool(self.legal_tools(inputs["state"][None])[0, int(label[0])]) or (
+                0 <= cell < self.config.grid**2 and bool(self.visited_cells(inputs["visited"][None])[0, cell])):
             label = torch.full((N_PARTS,), -1, dtype=torch.long)
         chosen, _ = await self.batcher.submit(_Request(inputs, None, greedy, episode.generator))
         text = expert.text if follow_expert else self.call_text(chosen, context.view)
