@@ -197,6 +197,7 @@ def test_imitated_turns_are_scored_under_symmetries_only_while_training(policy: 
 
 def test_the_shipped_checkpoint_is_small_and_finds_targets_on_held_out_scenes() -> None:
     from segloop.agent.episode import Agent, EpisodeConfig
+    from segloop.agent.stats import search_stats
     from segloop.policies import build_policy
     from segloop.policies.compact import DEFAULT_CHECKPOINT
     from segloop.rl.rollout import items
@@ -207,15 +208,24 @@ def test_the_shipped_checkpoint_is_small_and_finds_targets_on_held_out_scenes() 
     policy = build_policy("compact")  # no model given: the shipped checkpoint
     assert isinstance(policy, CompactPolicy) and policy.greedy
     agent = Agent(policy, build_segmenter("grabcut"), EpisodeConfig(max_turns=8))
-    scenes = [items("synth:easy:768:1000:24")[i] for i in range(24)]  # held out: training used seeds 1, 2
+    # Held out: training used scene seeds 1, 2 and 3; its curves seed 1000; the README table seed 2000.
+    scenes = [items("synth:easy:768:4000:24")[i] for i in range(24)]
 
     async def run_all():
         return await asyncio.gather(*[agent.run(s.image, s.sample.query, episode_id=s.sample.id) for s in scenes])
 
     results = asyncio.run(run_all())
     scores = [iou(r.mask, s.mask) for r, s in zip(results, scenes, strict=True)]
-    assert all(r.trajectory.policy_error is None for r in results)
-    # A zoom past the maximum can happen; it is answered with an error observation, and rare.
-    assert sum(r.trajectory.invalid_actions for r in results) <= len(results) // 4
-    assert sum(r.trajectory.tool_counts.get("zoom_in", 0) > 0 for r in results) >= 12  # it zooms
-    assert np.mean(scores) > 0.05, scores  # an untrained policy scores 0.000 on held-out scenes
+    assert all(r.trajectory.failure is None for r in results)
+    assert sum(r.trajectory.invalid_actions for r in results) == 0  # illegal tools get no probability
+    assert sum(r.trajectory.tool_counts.get("zoom_in", 0) > 0 for r in results) >= 22  # it zooms to look
+    stats = search_stats([r.trajectory for r in results], [s.mask for s in scenes])
+    assert stats["first_zoom_hit"] > 0.2, stats  # chance among its look-alikes is lower
+    assert np.mean(scores) > 0.15, scores  # an untrained policy scores 0.000 (README table)
+
+
+def test_the_shipped_agent_solves_every_bundled_demo_sample() -> None:
+    from segloop.demos.bundled import CHOSEN, SOLVED_IOU, bundled_samples, shipped_agent_ious
+
+    assert len(bundled_samples()) == len(CHOSEN)
+    assert min(shipped_agent_ious(list(CHOSEN))) > SOLVED_IOU
