@@ -35,15 +35,15 @@ stage "2. dense pre-training"
     --threads "$THREADS"
 
 stage "3. SFT (DAgger)"
-$SEGLOOP train sft --mode dagger --model "$OUT/pretrain/final" --data "synth:${WORLD}:2:1000000:0.1" \
+[ -f "$OUT/sft/final/config.json" ] || $SEGLOOP train sft --mode dagger --model "$OUT/pretrain/final" --data "synth:${WORLD}:2:1000000:0.1" \
     --eval-data "$PROBE" --eval-n 100 --out "$OUT/sft" --steps 200 --batch-size 16 --lr 3e-4 --warmup 20 \
     --pool-size 192 --refresh-every 10 --refresh-size 32 --follow-expert 0.3 --greedy-share 0.5 \
     --replay-cache "$OUT/cache/train" --replay-batch 32 --eval-every 100 --seed 0 --threads "$THREADS" \
     --expert-options '{"compact": true}'
 
 stage "4. GRPO"
-$SEGLOOP train grpo --model "$OUT/sft/final" --data "synth:${WORLD}:3:1000000:0.1" --eval-data "$PROBE" \
-    --eval-n 100 --out "$OUT/grpo" --steps 40 --prompts-per-step 8 --group-size 8 --lr 1e-4 --adv-norm none \
+[ -f "$OUT/grpo/final/config.json" ] || $SEGLOOP train grpo --model "$OUT/sft/final" --data "synth:${WORLD}:3:1000000:0.1" --eval-data "$PROBE" \
+    --eval-n 100 --out "$OUT/grpo" --steps 120 --prompts-per-step 8 --group-size 8 --lr 1e-4 --adv-norm none \
     --loss-agg episode --min-spread 0.05 --kl-coef 0.04 --reward-format-weight 0 --update-epochs 1 \
     --eval-every 20 --save-every 20 --seed 0 --threads "$THREADS"
 
