@@ -196,20 +196,20 @@ def _scene_states(policy: Any, oracle: Any, item: Any, scene: int, seed: int, st
     rng = np.random.default_rng([seed, scene])
     max_words = policy.config.max_query_words
 
-    def label(walk: _Walk, step: str) -> Any:
+    def label(walk: _Walk, step: str) -> tuple[str, Any, dict[str, Any]]:
+        """Store the walk's current state with the expert's label; its text, context and inputs."""
         context = walk.context(truth)
         inputs = policy.inputs_of(context)
         turn = asyncio.run(oracle.act(context))
-        text = turn.text
-        parts = policy.parts_of(text, context.view, turn.info.get("zoom_target"))
+        parts = policy.parts_of(turn.text, context.view, turn.info.get("zoom_target"))
         zooms = policy.zooms_so_far(walk.episode_id)
         store.add(inputs, parts, target, context.view, (scene, STEPS.index(step), zooms, kind), max_words)
-        return text
+        return turn.text, context, inputs
 
-    def swapped(walk: _Walk, named: int | None, outside: bool) -> None:
-        """The current zoomed view with a query naming object ``named`` (a random object entirely
+    def swapped(labelled: tuple[str, Any, dict[str, Any]], named: int | None, outside: bool) -> None:
+        """The state ``label`` just stored, with a query naming object ``named`` (a random object entirely
         outside the view when ``outside``): "segment it" when it lies inside the view, else "not here"."""
-        context = walk.context(truth)
+        _, context, inputs = labelled
         b = context.view.box
         objects = made.meta["objects"]
 
@@ -229,15 +229,12 @@ def _scene_states(policy: Any, oracle: Any, item: Any, scene: int, seed: int, st
         query = describe(made, named, rng)
         if query is None:
             return
-        inputs = dict(policy.inputs_of(context), query=torch.tensor(policy.config.word_ids(query)))
-        if outside:
-            text = format_call(ZoomOut())
-        else:
-            text = format_call(Segment(bbox_2d=model_box(context.view, _object_box(objects[named]))))
-        parts = policy.parts_of(text, context.view)
-        box = tuple(round(v) for v in _object_box(objects[named]))
-        zooms = policy.zooms_so_far(walk.episode_id)
-        store.add(inputs, parts, box, context.view, (scene, STEPS.index("swapped_view"), zooms, kind), max_words)
+        named_box = _object_box(objects[named])
+        text = format_call(ZoomOut()) if outside else format_call(Segment(bbox_2d=model_box(context.view, named_box)))
+        swapped_inputs = dict(inputs, query=torch.tensor(policy.config.word_ids(query)))
+        zooms = policy.zooms_so_far(context.episode_id)
+        store.add(swapped_inputs, policy.parts_of(text, context.view), tuple(round(v) for v in named_box),
+                  context.view, (scene, STEPS.index("swapped_view"), zooms, kind), max_words)
 
     # Direct walk: the full view, then a zoom that holds the target.
     walk = _Walk(image, query, policy.max_side, f"c{seed}-{scene}-d")
@@ -246,8 +243,7 @@ def _scene_states(policy: Any, oracle: Any, item: Any, scene: int, seed: int, st
         zoom = _zoom_text(walk, target, oracle, rng, holds=target)
         if zoom is not None:
             walk.step(zoom)
-            label(walk, "target_view")
-            swapped(walk, None, outside=True)
+            swapped(label(walk, "target_view"), None, outside=True)
     policy.end_episode(walk.episode_id)
     oracle.end_episode(walk.episode_id)
     # Search walk: one or two look-alikes visited and left, then the target. Its first state is the
@@ -260,9 +256,10 @@ def _scene_states(policy: Any, oracle: Any, item: Any, scene: int, seed: int, st
         if zoom is None:
             break
         walk.step(zoom)
-        if "zoom_out" not in label(walk, "lookalike_view"):
+        labelled = label(walk, "lookalike_view")
+        if "zoom_out" not in labelled[0]:
             break  # this view holds the target after all: the walk found it
-        swapped(walk, other, outside=False)
+        swapped(labelled, other, outside=False)
         walk.step(format_call(ZoomOut()))
         label(walk, "root_after_miss")
     if target is not None and len(walk.stack.views) == 1:
