@@ -102,10 +102,6 @@ class TurnRecord:
     log_probs: torch.Tensor  # float (N_PARTS,)
     imitated: bool = False
 
-    @property
-    def stage(self) -> str:
-        return STAGES[int(self.state[_DEPTH].argmax() > 0)]
-
 
 @dataclass
 class _Episode:
