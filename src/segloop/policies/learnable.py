@@ -94,8 +94,9 @@ class LearnablePolicy(Policy, Protocol):
         ...
 
 
-def load_learnable(directory: str | Path, **options: Any) -> LearnablePolicy:
-    """The learnable policy saved in ``directory``, whichever kind it is."""
+def load_learnable(directory: str | Path, *, seed: int | None = None, **options: Any) -> LearnablePolicy:
+    """The learnable policy saved in ``directory``, whichever kind it is. ``seed`` seeds a compact policy's
+    own generator (language models sample from torch's, which the trainers seed)."""
     import json
 
     directory = Path(directory)
@@ -111,7 +112,7 @@ def load_learnable(directory: str | Path, **options: Any) -> LearnablePolicy:
     if kind == "compact":
         from segloop.policies.compact import CompactPolicy
 
-        return CompactPolicy.from_pretrained(directory, **options)
+        return CompactPolicy.from_pretrained(directory, **options, **({} if seed is None else {"seed": seed}))
     from segloop.policies.hf import TransformersPolicy
 
     return TransformersPolicy.from_pretrained(directory, **options)

@@ -144,21 +144,12 @@ def policy_loss(policy: LearnablePolicy, records: list, advantages: torch.Tensor
 def _load(config: GRPOConfig, directory: Path) -> LearnablePolicy:
     from segloop.policies.learnable import load_learnable
 
-    options: dict[str, Any] = {}
-    if _is_compact(directory):
-        options["seed"] = config.seed
+    options: dict[str, Any] = {"seed": config.seed}
     if config.lora_rank is not None:
         options["lora_rank"] = config.lora_rank
     if config.gradient_checkpointing:
         options["gradient_checkpointing"] = True
     return load_learnable(directory, **options)
-
-
-def _is_compact(directory: Path) -> bool:
-    try:
-        return json.loads((Path(directory) / "config.json").read_text()).get("segloop_policy") == "compact"
-    except (OSError, json.JSONDecodeError, AttributeError):
-        return False
 
 
 def train(config: GRPOConfig, resume: bool = False) -> dict[str, Any]:

@@ -58,7 +58,7 @@ class SFTConfig(BaseModel):
     segmenter: str = Field("grabcut", description="segmenter of the expert's episodes")
     steps: int = Field(600, ge=0, description="optimiser steps")
     batch_size: int = Field(16, ge=1, description="expert episodes per step")
-    lr: float = Field(2e-3, gt=0, description="AdamW learning rate (20-step warm-up, linear decay to 10%)")
+    lr: float = Field(2e-3, gt=0, description="AdamW learning rate (--warmup steps of warm-up, linear decay to 10%)")
     weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay")
     max_grad_norm: float = Field(1.0, gt=0, description="gradient norm clip")
     eval_every: int = Field(200, ge=1, description="steps between held-out evaluations and checkpoints")
@@ -85,6 +85,15 @@ class SFTConfig(BaseModel):
                                                         'e.g. {"input_size": 128}')
 
 
+def _check_same_views(expert: Policy, student: Any) -> None:
+    """An expert's actions can be the student's decisions only if both see the same views in one frame."""
+    if expert.frame != student.frame or expert.max_side != student.max_side:
+        raise ValueError(
+            f"expert ({expert.frame}, {expert.max_side}px) and student ({student.frame}, "
+            f"{student.max_side}px) must see the same views and write in the same frame"
+        )
+
+
 class ExpertForcing:
     """A ``Policy`` for the graph that takes the expert's action and records it as the student's.
 
@@ -94,11 +103,7 @@ class ExpertForcing:
     """
 
     def __init__(self, expert: Policy, student: LearnablePolicy) -> None:
-        if expert.frame != student.frame or expert.max_side != student.max_side:
-            raise ValueError(
-                f"expert ({expert.frame}, {expert.max_side}px) and student ({student.frame}, "
-                f"{student.max_side}px) must see the same views and write in the same frame"
-            )
+        _check_same_views(expert, student)
         self.expert = expert
         self.student = student
         self.name = f"{expert.name}->{student.name}"
@@ -130,8 +135,7 @@ class DAggerForcing:
                  seed: int = 0) -> None:
         if not hasattr(student, "act_and_imitate"):
             raise ValueError(f"the {student.name} policy cannot act and imitate at once (DAgger)")
-        if expert.frame != student.frame or expert.max_side != student.max_side:
-            raise ValueError("expert and student must see the same views and write in the same frame")
+        _check_same_views(expert, student)
         self.expert = expert
         self.student = student
         self.follow_expert = follow_expert
@@ -204,20 +208,12 @@ def build_student(config: SFTConfig, train_queries: list[str]) -> LearnablePolic
     if config.model is not None and config.init is not None:
         raise ValueError("give either --model (a checkpoint) or --init (a fresh policy), not both")
     if config.model is not None:
-        options = {"seed": config.seed} if _is_compact(config.model) else {}
-        return load_learnable(config.model, **options)
+        return load_learnable(config.model, seed=config.seed)
     if config.init == "compact":
         from segloop.policies.compact import CompactPolicy
 
         return CompactPolicy.create(train_queries, seed=config.seed, **config.compact_options)
     raise ValueError("give --model DIR or --init compact")
-
-
-def _is_compact(directory: Path) -> bool:
-    try:
-        return json.loads((directory / "config.json").read_text()).get("segloop_policy") == "compact"
-    except (OSError, json.JSONDecodeError, AttributeError):
-        return False
 
 
 def build_expert(name: str, student: LearnablePolicy, options: dict[str, Any]) -> Policy:
