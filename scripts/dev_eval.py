@@ -1,9 +1,9 @@
 """Score policies on a set of scenes with the search metrics, one thread, CPU and wall time per policy.
 
     .venv/bin/python scripts/dev_eval.py --data synth:easy:768:1000:200:0.1 \\
-        --policy compact=runs/x/final --policy oracle --policy oracle-compact [--json OUT]
+        --policy compact=runs/x/final --policy oracle --policy compact-expert [--json OUT]
 
-A policy is ``oracle``, ``oracle-compact`` (the expert in its compact-action mode), ``single-shot`` or
+A policy is ``oracle``, ``compact-expert`` (the compact policy's expert), ``single-shot`` or
 ``NAME=DIR`` (a compact checkpoint). Per-sample IoUs go to ``--json`` for paired comparisons
 (``--compare A.json B.json`` prints B - A with a paired bootstrap interval).
 """
@@ -28,8 +28,6 @@ def build(spec: str, max_side: int) -> tuple[str, Any]:
     if "=" in spec:
         name, directory = spec.split("=", 1)
         return name, CompactPolicy.from_pretrained(directory)
-    if spec == "oracle-compact":
-        return spec, build_policy("oracle", max_side=max_side, compact=True)
     return spec, build_policy(spec, max_side=max_side)
 
 

@@ -14,9 +14,14 @@ oracle and the single-shot baseline. Printed as Markdown:
   share whose mask is on the original target with the original query;
 - "no such object" (``--no-target-data``, scenes with 30% such queries, seed 2001): accuracy on those
   queries and the false "no such object" rate on the others;
-- with ``--medium``, the same table for the medium world (``synth:medium:768:2002:200``).
+- with ``--probe-cache``, the shipped policy's decisions one by one on the probe scenes (``rl.compact.probe``):
+  the first view's zoom and top-3, the zoomed judge by kind of request on target and look-alike views;
+- loops: episodes (these scenes, and ``--realdata`` photos with the unknown words guessed at) in which a call
+  repeats the one just before it after that one failed or gave an empty mask;
+- with ``--medium``, the same table for the medium world (``synth:medium:768:2002:200``, never trained on).
 
-    .venv/bin/python scripts/results_table.py --pretrained DIR --sft DIR [--grpo DIR] [--json OUT]
+    .venv/bin/python scripts/results_table.py --pretrained DIR --sft DIR [--grpo DIR] [--probe-cache DIR]
+        [--json OUT]
 """
 
 from __future__ import annotations
@@ -35,14 +40,13 @@ SIZES = ("L", "M", "S", "XS", "XXS")
 
 
 def _policies(pretrained: Path, sft: Path, grpo: Path) -> dict[str, Any]:
-    from segloop.agent.synth import VOCABULARY
     from segloop.policies import build_policy
     from segloop.policies.compact import CompactPolicy
 
     trained = CompactPolicy.from_pretrained(grpo)
-    options = trained.config.model_dump(exclude={"segloop_policy", "vocabulary"})
+    options = trained.config.model_dump(exclude={"segloop_policy"})
     return {
-        "compact, untrained": CompactPolicy.create(list(VOCABULARY), seed=0, **options),
+        "compact, untrained": CompactPolicy.create(seed=0, **options),
         "compact, pre-trained": CompactPolicy.from_pretrained(pretrained),
         "compact, SFT (DAgger)": CompactPolicy.from_pretrained(sft),
         "compact, SFT + GRPO": trained,
@@ -109,6 +113,26 @@ def bootstrap(a: dict[str, float], b: dict[str, float], rounds: int = 2000,
     return float(diff.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
+def loops(policy: Any, jobs: list[tuple[np.ndarray, str]], max_turns: int) -> dict[str, float]:
+    """Episodes in which a call repeats the one just before it after that one failed or gave an empty mask."""
+    from segloop.agent.episode import EpisodeConfig
+    from segloop.policies import AgentSpec, build_agent
+
+    agent = build_agent(AgentSpec(episode=EpisodeConfig(max_turns=max_turns, refuse_unknown_words=False)),
+                        policy=policy)
+
+    async def run_all() -> list[Any]:
+        return await asyncio.gather(*[agent.run(image, query, episode_id=f"loop-{i}")
+                                      for i, (image, query) in enumerate(jobs)])
+
+    looped = 0
+    for result in asyncio.run(run_all()):
+        turns = result.trajectory.turns
+        looped += any(a.raw_text == b.raw_text and (a.error is not None or "mask is empty" in a.observation)
+                      for a, b in zip(turns, turns[1:], strict=False))
+    return {"episodes": len(jobs), "looped": looped}
+
+
 def table(results: dict[str, dict[str, Any]]) -> str:
     sizes = [s for s in SIZES if any(s in r["by_size"] for r in results.values())]
     first = next(iter(results.values()))
@@ -141,6 +165,10 @@ def main() -> int:
     parser.add_argument("--no-target-data", default="synth:easy:768:2001:200:0.3",
                         help="held-out scenes with 'no such object' queries")
     parser.add_argument("--medium", action="store_true", help="also the medium world (synth:medium:768:2002:200)")
+    parser.add_argument("--probe-cache", type=Path, help="a perception cache of held-out scenes for the probes")
+    parser.add_argument("--probe-n", type=int, default=400, help="scenes of --probe-cache")
+    parser.add_argument("--realdata", type=Path, default=ROOT.parent / "shared" / "realdata" / "manifest.jsonl",
+                        help="real photos for the loop check (skipped when missing)")
     parser.add_argument("--max-turns", type=int, default=8, help="turn budget of every episode")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--json", type=Path, help="also write the full results here")
@@ -171,6 +199,23 @@ def main() -> int:
     output: dict[str, Any] = {"data": args.data, "results": results, "grpo_minus_sft": {"mean": mean, "low": low,
                                                                                        "high": high},
                               "query_swap": swap, "no_target": {"data": args.no_target_data, "result": absent}}
+    if args.probe_cache is not None:
+        from segloop.rl.compact.cache import PerceptionCache
+        from segloop.rl.compact.probe import probe
+
+        probed = probe(shipped, PerceptionCache(args.probe_cache), args.probe_n)
+        print(f"\nprobe ({args.probe_cache}, {args.probe_n} scenes): " + ", ".join(f"{k} {v:.2f}"
+                                                                                  for k, v in probed.items()))
+        output["probe"] = probed
+    from segloop.rl.rollout import first_items, items
+
+    jobs = [(item.image, item.sample.query) for item in first_items(args.data, args.n)]
+    if args.realdata.is_file():
+        jobs += [(item.image, item.sample.query) for item in items(str(args.realdata))]
+    looped = loops(shipped, jobs, args.max_turns)
+    print(f"loops: {looped['looped']} of {looped['episodes']} episodes repeat a call right after it failed or "
+          "gave an empty mask (held-out scenes and real photos, unknown words guessed at)")
+    output["loops"] = looped
     if args.medium:
         medium = evaluate_all(policies, "synth:medium:768:2002:200", 200, args.max_turns)
         print("\nmedium world (synth:medium:768:2002:200):\n" + table(medium))

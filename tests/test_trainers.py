@@ -10,7 +10,7 @@ import torch
 from segloop.agent.actions import Segment, ZoomIn, format_call
 from segloop.agent.policy import ChatMessage, PolicyContext
 from segloop.policies.compact import CompactPolicy
-from segloop.rl.grpo import GRPOConfig, group_advantages, policy_loss
+from segloop.rl.grpo import GRPOConfig, aggregate, group_advantages, policy_loss
 from segloop.rl.sft import sft_loss
 from segloop.tools.views import full_view
 
@@ -18,8 +18,8 @@ QUERIES = ["the red circle", "the blue square left of the star"]
 
 
 def _policy() -> CompactPolicy:
-    return CompactPolicy.create(QUERIES, seed=3, max_side=112, input_size=64, grid=16, channels=16, word_dim=8,
-                                cond_dim=16, dilations=[1, 2])
+    return CompactPolicy.create(seed=3, max_side=112, root_input=64, zoom_input=64, grid=16, channels=16,
+                                dilations=[1, 2])
 
 
 def _context(episode_id: str, seed: int, turn: int = 0) -> PolicyContext:
@@ -66,14 +66,14 @@ def test_sft_steps_lower_the_loss_on_a_fixed_batch_and_change_parameters() -> No
     policy = _policy()
     records = _expert_records(policy)
     before = [p.detach().clone() for p in policy.parameters()]
-    optimizer = torch.optim.Adam(policy.parameters(), lr=3e-3)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=2e-2)
     first = sft_loss(policy, records).item()
-    for _ in range(15):
+    for _ in range(20):
         loss = sft_loss(policy, records)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    assert sft_loss(policy, records).item() < 0.7 * first
+    assert sft_loss(policy, records).item() < 0.8 * first
     assert any(not torch.equal(a, b) for a, b in zip(before, policy.parameters(), strict=True))
 
 
@@ -83,7 +83,7 @@ def test_grpo_step_moves_probability_towards_positive_advantages() -> None:
     records = _sampled_records(policy)
     advantages = torch.tensor([1.0, -1.0] * 4)
     config = GRPOConfig(model="m", data="d", out="o", kl_coef=0.1)
-    reference = CompactPolicy(policy.config, copy.deepcopy(policy.nets))
+    reference = CompactPolicy(policy.config, copy.deepcopy(policy.networks))
     loss, stats = policy_loss(policy, records, advantages, config, reference)
     assert stats["clip_frac"] == 0.0 and stats["kl"] == pytest.approx(0.0, abs=1e-6)
     start = policy.log_probs(records)
@@ -156,7 +156,7 @@ def test_sft_from_a_refreshed_pool_then_grpo_and_resume_through_the_cli(tmp_path
     from segloop.rl.curves import CurveLog
 
     world, held_out = "synth:easy:256:1:100000", "synth:easy:256:9:4"
-    small = '{"max_side": 112, "input_size": 64, "grid": 16, "channels": 16, "word_dim": 8, "cond_dim": 16}'
+    small = '{"max_side": 112, "root_input": 64, "zoom_input": 64, "grid": 16, "channels": 16, "dilations": [1, 2]}'
     assert cli_main(["train", "sft", "--init", "compact", "--data", world, "--eval-data", held_out, "--eval-n", "4",
                      "--out", str(tmp_path / "sft"), "--steps", "6", "--batch-size", "4", "--eval-every", "3",
                      "--pool-size", "8", "--refresh-every", "2", "--refresh-size", "4",
@@ -176,3 +176,34 @@ def test_sft_from_a_refreshed_pool_then_grpo_and_resume_through_the_cli(tmp_path
     assert all(0 <= float(r["zoom_rate"]) <= 1 for r in rows[1:])
     assert cli_main(["train", "grpo", "--model", str(tmp_path / "nowhere"), "--data", world,
                      "--out", str(tmp_path / "bad")]) == 2
+
+
+def test_dr_grpo_advantages_keep_the_reward_scale_and_small_spreads_are_skipped() -> None:
+    advantages, keep = group_advantages([0.50, 0.52, 0.0, 1.0], 2, normalise="none", min_spread=0.05)
+    assert keep == [False, False, True, True] and advantages == [0.0, 0.0, -0.5, 0.5]
+    values = torch.tensor([[1.0, 1.0, 1.0, 1.0], [4.0, 0.0, 0.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, 0.0, 0.0, 0.0]])
+    assert aggregate(values, mask, "token").item() == pytest.approx(8 / 5)
+    assert aggregate(values, mask, "episode").item() == pytest.approx(2.5)   # each episode weighs the same
+
+
+def test_search_stats_count_zoom_outs_some_zoom_hits_and_no_target_answers() -> None:
+    from segloop.agent.episode import Trajectory, TurnRecord
+    from segloop.agent.stats import episode_stats, search_stats
+
+    def trajectory(boxes, no_target=False, zoom_outs=0):
+        turns = [TurnRecord(turn=i, raw_text="", observation="", view_box=b, policy_s=0, tool_s=0)
+                 for i, b in enumerate(boxes)]
+        return Trajectory(episode_id="e", thread_id="e", query="q", image_size=(100, 100), policy="p",
+                          frame="pixels", max_side=112, max_turns=8, turns=turns, no_target=no_target,
+                          tool_counts={"zoom_out": zoom_outs}, final_mask_rle={})
+
+    mask = np.zeros((100, 100), dtype=bool)
+    mask[60:70, 60:70] = True
+    root = (0, 0, 100, 100)
+    episodes = [trajectory([root, (0, 0, 50, 50), root, (50, 50, 100, 100)], zoom_outs=1),
+                trajectory([root], no_target=True), trajectory([root], no_target=True)]
+    rates = search_stats(episodes, [mask, mask, np.zeros_like(mask)])
+    assert rates["first_zoom_hit"] == 0.0 and rates["some_zoom_hit"] == 1.0
+    assert episode_stats(episodes)["zoom_out_rate"] == pytest.approx(1 / 3)
+    assert rates["no_target_accuracy"] == 1.0 and rates["false_no_target"] == 0.5

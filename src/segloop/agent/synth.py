@@ -288,6 +288,13 @@ def _outline(obj: SceneObject) -> np.ndarray:
     return pts @ np.array([[c, s], [-s, c]]) + np.array([obj.cx, obj.cy])
 
 
+def object_box(obj: SceneObject) -> tuple[float, float, float, float]:
+    """The object's drawn extent in image pixels (x1, y1, x2, y2): its outline's bounds."""
+    pts = _outline(obj)
+    (x1, y1), (x2, y2) = pts.min(0), pts.max(0)
+    return float(x1), float(y1), float(x2), float(y2)
+
+
 def _polygon_area(pts: np.ndarray) -> float:
     x, y = pts[:, 0], pts[:, 1]
     return float(abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) / 2)

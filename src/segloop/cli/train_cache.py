@@ -1,5 +1,5 @@
-"""``segloop train cache``: render and label the compact policy's training states on synthetic scenes, once
-(``segloop.rl.render_cache``; every field of ``CacheConfig`` is a flag)."""
+"""``segloop train cache``: render the views the compact policy's perception learns from, labelled with every object, once
+(``segloop.rl.compact.cache``; every field of ``CacheConfig`` is a flag)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ from segloop.cli.options import OptionsError, add_config_arguments, config_from_
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from segloop.rl.render_cache import CacheConfig
+    from segloop.rl.compact.cache import CacheConfig
 
     add_config_arguments(parser, CacheConfig)
 
 
 def main(args: argparse.Namespace) -> int:
-    from segloop.rl.render_cache import CacheConfig, build
+    from segloop.rl.compact.cache import CacheConfig, build
 
     try:
         config = config_from_args(CacheConfig, args)
@@ -24,6 +24,7 @@ def main(args: argparse.Namespace) -> int:
     except (OptionsError, ValueError, OSError) as exc:
         print(f"segloop train cache: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
-    print(f"{summary['states']} states from {summary['scenes']} scenes ({summary['images']} pictures) in "
+    print(f"{summary['root_views']} full and {summary['zoom_views']} zoomed views of {summary['scenes']} scenes "
+          f"({summary['objects_labelled']} objects labelled) in "
           f"{config.out}: {summary['cpu_s'] / 60:.1f} CPU min, {summary['wall_s'] / 60:.1f} min wall")
     return 0

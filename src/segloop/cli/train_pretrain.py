@@ -1,5 +1,5 @@
-"""``segloop train pretrain``: dense pre-training of the compact policy's two networks on a render cache
-(``segloop.rl.pretrain``; every field of ``PretrainConfig`` is a flag)."""
+"""``segloop train pretrain``: dense pre-training of the compact policy's perception on a perception cache
+(``segloop.rl.compact.pretrain``; every field of ``PretrainConfig`` is a flag)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ from segloop.cli.options import OptionsError, add_config_arguments, config_from_
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from segloop.rl.pretrain import PretrainConfig
+    from segloop.rl.compact.pretrain import PretrainConfig
 
     add_config_arguments(parser, PretrainConfig)
 
 
 def main(args: argparse.Namespace) -> int:
-    from segloop.rl.pretrain import PretrainConfig, train
+    from segloop.rl.compact.pretrain import PretrainConfig, train
 
     try:
         config = config_from_args(PretrainConfig, args)

@@ -27,13 +27,14 @@ POLICIES: dict[str, tuple[str, str]] = {
     "transformers": ("segloop.policies.hf", "TransformersPolicy"),
     "openai": ("segloop.policies.openai_compat", "OpenAIPolicy"),
     "oracle": ("segloop.policies.scripted", "OraclePolicy"),
+    "compact-expert": ("segloop.policies.compact.expert", "CompactExpert"),
     "single-shot": ("segloop.policies.scripted", "SingleShotPolicy"),
     "random": ("segloop.policies.scripted", "RandomTextPolicy"),
 }
 # Policies that read the ground truth: for expert data, upper bounds and baselines, never for new images.
-NEEDS_TRUTH = ("oracle", "single-shot")
+NEEDS_TRUTH = ("oracle", "compact-expert", "single-shot")
 # The scripted policies (no model): the experts SFT may imitate.
-SCRIPTED = ("oracle", "single-shot", "random")
+SCRIPTED = ("oracle", "compact-expert", "single-shot", "random")
 _FROM_PRETRAINED = ("transformers", "compact")
 
 

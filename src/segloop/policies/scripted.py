@@ -64,13 +64,33 @@ def _inside(box: tuple[int, int, int, int], view: View) -> bool:
     return box[0] >= b.x1 and box[1] >= b.y1 and box[2] <= b.x2 and box[3] <= b.y2
 
 
-def _deepest_point(region: np.ndarray) -> tuple[int, int] | None:
+def deepest_point(region: np.ndarray) -> tuple[int, int] | None:
     """The pixel of ``region`` farthest from its edge (a safe place for a point), crop coordinates."""
     if not region.any():
         return None
     distance = cv2.distanceTransform(np.pad(region, 1).astype(np.uint8), cv2.DIST_L2, 3)[1:-1, 1:-1]
     y, x = np.unravel_index(int(np.argmax(distance)), distance.shape)
     return int(x), int(y)
+
+
+def zoom_region(target: tuple[int, int, int, int], view: View, image_size: tuple[int, int], limits: ZoomLimits,
+                zoom_context: float, zoom_below: float) -> tuple[float, float, float, float] | None:
+    """A square ``zoom_context`` times the target's side around it, when the target is small in ``view``
+    (its side under ``zoom_below`` of the view's) and the zoom would magnify; else None."""
+    side = max(target[2] - target[0], target[3] - target[1])
+    view_side = max(view.box.width, view.box.height)
+    if side >= zoom_below * view_side:
+        return None
+    # The graph grows a zoom to its minimum side (the episode's ZoomLimits); one that would barely magnify is
+    # not worth a turn.
+    region = max(side * zoom_context, float(max(limits.min_side, math.ceil(max(image_size) / limits.max_zoom))))
+    if region >= view_side * 0.75:
+        return None
+    cx, cy = (target[0] + target[2]) / 2, (target[1] + target[3]) / 2
+    b = view.box
+    x1 = min(max(cx - region / 2, b.x1), b.x2 - region)
+    y1 = min(max(cy - region / 2, b.y1), b.y2 - region)
+    return (x1, y1, x1 + region, y1 + region)
 
 
 @dataclass
@@ -85,21 +105,13 @@ class OraclePolicy:
 
     Noise knobs make diverse expert trajectories: ``box_jitter`` (standard deviation of each box edge
     as a share of the box side), ``skip_inspect`` (probability of submitting without inspecting).
-
-    ``compact=True`` is the expert for a student that only writes what the compact policy can
-    (``policies.compact``) and that may be anywhere (DAgger labels the student's own states): it never
-    inspects (the compact policy sees the candidate in its input), corrects only with one positive
-    point, leaves any view that does not hold the whole target (zoom_out), answers "no such object" only
-    from the full view (in a zoomed view it zooms out, as for a look-alike: a zoomed view cannot tell
-    the two apart), on the last turn segments rather than submitting nothing, and names the object each
-    zoom is for (``PolicyTurn.info["zoom_target"]``, its box in the view's frame).
     """
 
     name = "oracle"
 
     def __init__(self, frame: CoordFrame = "pixels", max_side: int = DEFAULT_MAX_SIDE, *, box_jitter: float = 0.0,
                  skip_inspect: float = 0.0, zoom_below: float = 0.15, zoom_context: float = 4.0,
-                 good_iou: float = 0.85, max_refinements: int = 2, max_depth: int = 2, compact: bool = False) -> None:
+                 good_iou: float = 0.85, max_refinements: int = 2, max_depth: int = 2) -> None:
         if not 0 <= skip_inspect <= 1:
             raise ValueError("skip_inspect is a probability in [0, 1]")
         self.frame = frame
@@ -111,14 +123,11 @@ class OraclePolicy:
         self.good_iou = good_iou
         self.max_refinements = max_refinements
         self.max_depth = max_depth
-        self.compact = compact
         self._episodes: dict[str, _OracleEpisode] = {}
 
     async def act(self, context: PolicyContext) -> PolicyTurn:
         truth = _need_truth(context)
         episode = self._episodes.setdefault(context.episode_id, _OracleEpisode(_rng(context)))
-        if self.compact:
-            return self._compact_turn(context, truth, episode)
         view = context.view
         target = box_of(truth)
         if target is None:
@@ -130,7 +139,8 @@ class OraclePolicy:
         if candidate is None or previous in ("zoom_in", "zoom_out"):
             if not _inside(target, view):
                 return _turn("The target is not all inside this view; go back.", ZoomOut())
-            zoom = self.zoom_region(target, view, context.image_size, context.zoom_limits)
+            zoom = zoom_region(target, view, context.image_size, context.zoom_limits, self.zoom_context,
+                               self.zoom_below)
             if zoom is not None and candidate is None and self._may_zoom(context):
                 return _turn("The target is small here; zoom in on it.", ZoomIn(bbox_2d=model_box(view, zoom)))
             return _turn("Box the target.", Segment(bbox_2d=self._jittered(view, target, episode.rng)))
@@ -145,68 +155,12 @@ class OraclePolicy:
         episode.refinements += 1
         return _turn("Correct the mask with points on the missed and the extra parts.", refine)
 
-    def _compact_turn(self, context: PolicyContext, truth: np.ndarray, episode: _OracleEpisode) -> PolicyTurn:
-        view, candidate = context.view, context.candidate
-        target = box_of(truth)
-        last_turn = context.turn >= context.max_turns - 1
-        if target is None:
-            if context.view_depth > 0 and not last_turn:
-                return _turn("No such object here; go back.", ZoomOut())
-            return _turn("There is no such object in the image.", Submit(no_target=True))
-        if not _inside(target, view):
-            if last_turn or context.view_depth == 0:
-                return _turn("Last turn: submit what I have.", Submit())
-            return _turn("The target is not all inside this view; go back.", ZoomOut())
-        if last_turn:
-            if candidate is not None and iou(candidate, truth) > 0:
-                return _turn("Last turn: submit.", Submit())
-            return _turn("Last turn: box the target.", Segment(bbox_2d=self._jittered(view, target, episode.rng)))
-        previous = _last_action(context)
-        if candidate is None or previous in ("zoom_in", "zoom_out"):
-            zoom = self.zoom_region(target, view, context.image_size, context.zoom_limits)
-            if zoom is not None and self._may_zoom(context):
-                turn = _turn("The target is small here; zoom in on it.", ZoomIn(bbox_2d=model_box(view, zoom)))
-                turn.info["zoom_target"] = model_box(view, target)
-                return turn
-            return _turn("Box the target.", Segment(bbox_2d=self._jittered(view, target, episode.rng)))
-        quality = iou(candidate, truth)
-        if quality >= self.good_iou or episode.refinements >= self.max_refinements:
-            return _turn("The mask covers the target.", Submit())
-        episode.refinements += 1
-        box = self._jittered(view, target, episode.rng)
-        if quality > 0:
-            b = view.box
-            spot = _deepest_point((truth & ~candidate)[b.y1:b.y2, b.x1:b.x2])
-            if spot is not None:
-                point = list(view.quantise(b.x1 + spot[0] + 0.5, b.y1 + spot[1] + 0.5))
-                return _turn("Add the missed part.", Segment(bbox_2d=box, points_2d=[point], point_labels=[1]))
-        return _turn("Box the target again.", Segment(bbox_2d=box))
-
     def _may_zoom(self, context: PolicyContext) -> bool:
         """Zoom at most ``max_depth`` levels, and not again after a refused zoom (maximum zoom reached)."""
         if context.view_depth >= self.max_depth:
             return False
         last = next((m for m in reversed(context.messages) if m.role == "tool"), None)
         return last is None or not last.content.startswith("Error")
-
-    def zoom_region(self, target: tuple[int, int, int, int], view: View, image_size: tuple[int, int],
-                     limits: ZoomLimits) -> tuple[float, float, float, float] | None:
-        """A region around a target that is small in ``view`` (None when it is large enough)."""
-        side = max(target[2] - target[0], target[3] - target[1])
-        view_side = max(view.box.width, view.box.height)
-        if side >= self.zoom_below * view_side:
-            return None
-        # The graph grows a zoom region to its minimum side (the episode's ZoomLimits); a zoom that would
-        # barely magnify is not worth a turn.
-        smallest = max(limits.min_side, math.ceil(max(image_size) / limits.max_zoom))
-        region = max(side * self.zoom_context, float(smallest))
-        if region >= view_side * 0.75:
-            return None
-        cx, cy = (target[0] + target[2]) / 2, (target[1] + target[3]) / 2
-        b = view.box
-        x1 = min(max(cx - region / 2, b.x1), b.x2 - region)
-        y1 = min(max(cy - region / 2, b.y1), b.y2 - region)
-        return (x1, y1, x1 + region, y1 + region)
 
     def _jittered(self, view: View, target: tuple[int, int, int, int], rng: random.Random) -> list[int]:
         x1, y1, x2, y2 = (float(v) for v in target)
@@ -225,7 +179,7 @@ class OraclePolicy:
         extra = (candidate & ~truth)[b.y1:b.y2, b.x1:b.x2]
         points, labels = [], []
         for region, label in ((missed, 1), (extra, 0)):
-            spot = _deepest_point(region)
+            spot = deepest_point(region)
             if spot is not None:
                 points.append(list(view.quantise(b.x1 + spot[0] + 0.5, b.y1 + spot[1] + 0.5)))
                 labels.append(label)

@@ -17,9 +17,7 @@ DAgger (``--mode dagger``, needs a pool and a student that can ``act_and_imitate
 driven by the student being trained (``DAggerForcing``) and labelled by the expert in the states the
 student reaches, so recovery states (a view without the target, after a zoom-out, a wrong candidate)
 are in the data; an expert that knows the answer never visits them itself. Each refresh runs fresh
-episodes with the current weights: the pool is always the recent students' states. ``replay_cache``
-mixes ``replay_batch`` states of a render cache (``rl.render_cache``) into every step, so the densely
-pre-trained first-view decisions are not forgotten while the episode-level decisions are learnt.
+episodes with the current weights: the pool is always the recent students' states.
 """
 
 from __future__ import annotations
@@ -52,8 +50,7 @@ class SFTConfig(BaseModel):
     eval_data: str | None = Field(None, description="held-out samples scored every --eval-every steps")
     out: Path = Field(description="output directory (logs, curves, checkpoints)")
     model: Path | None = Field(None, description="a learnable policy directory to start from")
-    init: Literal["compact"] | None = Field(None, description="start from a fresh compact policy instead "
-                                                              "(vocabulary from --data)")
+    init: Literal["compact"] | None = Field(None, description="start from a fresh compact policy instead")
     expert: str = Field("oracle", description="the scripted expert whose turns are imitated")
     segmenter: str = Field("grabcut", description="segmenter of the expert's episodes")
     steps: int = Field(600, ge=0, description="optimiser steps")
@@ -75,8 +72,6 @@ class SFTConfig(BaseModel):
     follow_expert: float = Field(0.2, ge=0, le=1, description="DAgger: share of episodes the expert drives")
     greedy_share: float = Field(0.5, ge=0, le=1, description="DAgger: share of student episodes acted greedily "
                                                              "(the rest sample)")
-    replay_cache: Path | None = Field(None, description="a render cache whose states are mixed into every step")
-    replay_batch: int = Field(16, ge=0, description="render-cache states per step")
     warmup: int = Field(20, ge=0, description="steps of linear learning-rate warm-up")
     expert_options: dict[str, Any] = Field(default_factory=dict,
                                            description='JSON options of the expert, e.g. {"box_jitter": 0.05}')
@@ -202,7 +197,7 @@ def sft_loss(policy: LearnablePolicy, records: list) -> torch.Tensor:
     return -masked_mean(scored.log_probs, scored.mask)
 
 
-def build_student(config: SFTConfig, train_queries: list[str]) -> LearnablePolicy:
+def build_student(config: SFTConfig) -> LearnablePolicy:
     from segloop.policies.learnable import load_learnable
 
     if config.model is not None and config.init is not None:
@@ -212,7 +207,7 @@ def build_student(config: SFTConfig, train_queries: list[str]) -> LearnablePolic
     if config.init == "compact":
         from segloop.policies.compact import CompactPolicy
 
-        return CompactPolicy.create(train_queries, seed=config.seed, **config.compact_options)
+        return CompactPolicy.create(seed=config.seed, **config.compact_options)
     raise ValueError("give --model DIR or --init compact")
 
 
@@ -236,13 +231,7 @@ def train(config: SFTConfig) -> dict[str, Any]:
     (config.out / "sft_config.json").write_text(config.model_dump_json(indent=1))
     data = items(config.data)
     eval_items = first_items(config.eval_data, config.eval_n) if config.eval_data else []
-    if isinstance(data, SynthItems):
-        from segloop.agent.synth import VOCABULARY
-
-        queries = list(VOCABULARY)  # the grammar's words, without generating every scene
-    else:
-        queries = [it.sample.query for it in data]
-    student = build_student(config, queries)
+    student = build_student(config)
     expert = build_expert(config.expert, student, config.expert_options)
     if config.mode == "dagger":
         if not config.pool_size:
@@ -254,13 +243,6 @@ def train(config: SFTConfig) -> dict[str, Any]:
     spec = AgentSpec(segmenter=config.segmenter, episode=EpisodeConfig(max_turns=config.max_turns, seed=config.seed))
     collect_agent = build_agent(spec, policy=driver)
     student_agent = build_agent(spec, policy=student, segmenter=collect_agent.segmenter)
-    replay = None
-    if config.replay_cache is not None:
-        from segloop.rl.render_cache import RenderCache
-
-        replay = RenderCache(config.replay_cache)
-        replay.check(student.config)
-
     cursor = 0
 
     def collect(n: int, cache_dir: Path | None = None) -> tuple[list, dict[str, float]]:
@@ -327,16 +309,12 @@ def train(config: SFTConfig) -> dict[str, Any]:
     evaluate_now(0, None)
     student.train(True)
     tic, decisions = time.perf_counter(), 0
-    replay_rng = torch.Generator().manual_seed(config.seed + 1)
     for step in range(1, config.steps + 1):
         if config.pool_size and step % config.refresh_every == 0:
             fresh, stats = collect(config.refresh_size)
             records = records[len(fresh):] + fresh
         index = torch.randint(len(records), (config.batch_size,), generator=generator).tolist()
         batch = [records[i] for i in index]
-        if replay is not None and config.replay_batch:
-            rows = torch.randint(len(replay), (config.replay_batch,), generator=replay_rng).tolist()
-            batch += [[replay.record(i)] for i in rows]
         loss = sft_loss(student, batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
