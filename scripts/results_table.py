@@ -35,9 +35,9 @@ SIZES = ("L", "M", "S", "XS", "XXS")
 
 
 def _policies(pretrained: Path, sft: Path, grpo: Path) -> dict[str, Any]:
-    from segloop.agent.synth import VOCABULARY
-    from segloop.policies import build_policy
+    from segloop.data.synth import VOCABULARY
     from segloop.policies.compact import CompactPolicy
+    from segloop.policies.registry import build_policy
 
     trained = CompactPolicy.from_pretrained(grpo)
     options = trained.config.model_dump(exclude={"segloop_policy", "vocabulary"})
@@ -53,8 +53,9 @@ def _policies(pretrained: Path, sft: Path, grpo: Path) -> dict[str, Any]:
 
 def evaluate_all(policies: dict[str, Any], data: str, n: int, max_turns: int) -> dict[str, dict[str, Any]]:
     from segloop.agent.episode import EpisodeConfig
-    from segloop.policies import AgentSpec, build_agent
-    from segloop.rl.rollout import evaluate, first_items
+    from segloop.data.specs import first_items
+    from segloop.policies.assembly import AgentSpec, build_agent
+    from segloop.rl.rollout import evaluate
     from segloop.tools.segmenters import build_segmenter
 
     chosen = first_items(data, n)
@@ -72,12 +73,12 @@ def query_swap(policy: Any, data: str, n: int, max_turns: int) -> dict[str, floa
     """The original and a swapped query on each of the first ``n`` scenes that have another describable
     object; the share of masks on their own query's object (IoU > 0.5) for each."""
     from segloop.agent.episode import EpisodeConfig
-    from segloop.agent.synth import another_referent, generate_scene, scene_seed
-    from segloop.policies import AgentSpec, build_agent
-    from segloop.rl.rollout import items
+    from segloop.data.specs import load_items
+    from segloop.data.synth import another_referent, generate_scene, scene_seed
+    from segloop.policies.assembly import AgentSpec, build_agent
     from segloop.tools.masks import iou
 
-    scenes = items(data)
+    scenes = load_items(data)
     cases = []
     for index in range(min(n, len(scenes))):
         scene = generate_scene(scene_seed(scenes.seed, index), scenes.size, scenes.difficulty, 0.0)

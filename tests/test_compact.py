@@ -6,11 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from segloop.agent.actions import Segment, ZoomIn, format_call, parse_turn
+from segloop.agent.actions import Segment, ZoomIn
+from segloop.agent.parser import format_call, parse_turn
 from segloop.agent.policy import ChatMessage, PolicyContext
 from segloop.policies.compact import PARTS, TOOLS, CompactPolicy
 from segloop.policies.compact.network import STATE_SIZE
-from segloop.policies.learnable import LearnablePolicy, load_learnable
+from segloop.policies.learnable import LearnablePolicy
+from segloop.policies.registry import load_learnable
 from segloop.tools.views import check_box, check_point, full_view, zoom_in
 
 QUERIES = ["the red circle left of the blue square", "the small green triangle"]
@@ -162,7 +164,7 @@ def test_symmetries_move_the_image_the_decision_and_the_directional_phrases_toge
 
 
 def test_every_mapped_query_of_the_world_is_a_query_of_the_grammar() -> None:
-    from segloop.agent.synth import VOCABULARY, generate_scene, parse_query, scene_seed
+    from segloop.data.synth import VOCABULARY, generate_scene, parse_query, scene_seed
     from segloop.policies.compact import symmetry
     from segloop.policies.compact.network import build_vocabulary
 
@@ -197,10 +199,10 @@ def test_imitated_turns_are_scored_under_symmetries_only_while_training(policy: 
 
 def test_the_shipped_checkpoint_is_small_and_finds_targets_on_held_out_scenes() -> None:
     from segloop.agent.episode import Agent, EpisodeConfig
-    from segloop.agent.stats import search_stats
-    from segloop.policies import build_policy
+    from segloop.data.specs import load_items
+    from segloop.evaluation.stats import search_stats
     from segloop.policies.compact import DEFAULT_CHECKPOINT
-    from segloop.rl.rollout import items
+    from segloop.policies.registry import build_policy
     from segloop.tools.masks import iou
     from segloop.tools.segmenters import build_segmenter
 
@@ -209,7 +211,7 @@ def test_the_shipped_checkpoint_is_small_and_finds_targets_on_held_out_scenes() 
     assert isinstance(policy, CompactPolicy) and policy.greedy
     agent = Agent(policy, build_segmenter("grabcut"), EpisodeConfig(max_turns=8))
     # Held out: training used scene seeds 1, 2 and 3; its curves seed 1000; the README table seed 2000.
-    scenes = [items("synth:easy:768:4000:24")[i] for i in range(24)]
+    scenes = [load_items("synth:easy:768:4000:24")[i] for i in range(24)]
 
     async def run_all():
         return await asyncio.gather(*[agent.run(s.image, s.sample.query, episode_id=s.sample.id) for s in scenes])
@@ -229,3 +231,24 @@ def test_the_shipped_agent_solves_every_bundled_demo_sample() -> None:
 
     assert len(bundled_samples()) == len(CHOSEN)
     assert min(shipped_agent_ious(list(CHOSEN))) > SOLVED_IOU
+
+
+def test_greedy_is_asked_per_episode_and_the_policy_is_left_as_it_was(policy: CompactPolicy) -> None:
+    """``Agent.run(..., greedy=...)`` reaches every turn (``PolicyContext.greedy``); nothing sets it on the policy."""
+    from segloop.agent.episode import Agent, EpisodeConfig
+    from segloop.tools.segmenters import build_segmenter
+
+    assert policy.greedy is False  # a fresh policy samples unless asked otherwise
+    image = np.random.default_rng(0).integers(0, 255, (240, 320, 3), dtype=np.uint8)
+    agent = Agent(policy, build_segmenter("box"), EpisodeConfig(max_turns=3))
+
+    def texts(greedy: bool | None) -> set[tuple[str, ...]]:
+        async def run_all():
+            return await asyncio.gather(*[agent.run(image, QUERIES[0], episode_id=f"{greedy}-{i}", greedy=greedy)
+                                          for i in range(6)])
+
+        return {tuple(t.raw_text for t in r.trajectory.turns) for r in asyncio.run(run_all())}
+
+    assert len(texts(True)) == 1  # the most likely action, whatever the episode
+    assert len(texts(False)) > 1 and len(texts(None)) > 1  # sampled: asked to, or the policy's own setting
+    assert policy.greedy is False

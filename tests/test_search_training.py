@@ -7,13 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from segloop.agent.actions import Submit, ZoomIn, ZoomOut, format_call, parse_turn
+from segloop.agent.actions import Submit, ZoomIn, ZoomOut
 from segloop.agent.episode import Agent, EpisodeConfig
+from segloop.agent.parser import format_call, parse_turn
 from segloop.agent.policy import ChatMessage, PolicyContext
+from segloop.data.specs import load_items
 from segloop.policies.compact import TOOLS, CompactPolicy
 from segloop.policies.scripted import OraclePolicy
 from segloop.rl.grpo import aggregate, group_advantages
-from segloop.rl.rollout import items
 from segloop.rl.sft import DAggerForcing
 from segloop.tools.segmenters import build_segmenter
 from segloop.tools.views import ViewStack
@@ -128,7 +129,7 @@ def test_compact_expert_leaves_a_view_without_the_target_and_never_inspects() ->
 
 
 def test_dagger_records_the_expert_label_while_the_student_action_is_executed() -> None:
-    scenes = items("synth:easy:256:5:6")
+    scenes = load_items("synth:easy:256:5:6")
     student = _policy()
     expert = OraclePolicy(max_side=112, compact=True)
     driver = DAggerForcing(expert, student, follow_expert=0.0, greedy_share=0.0, seed=1)
@@ -160,7 +161,7 @@ def _view_of(turn, result):
 
 
 def test_dagger_episodes_are_reproducible_whatever_runs_beside_them() -> None:
-    scenes = items("synth:easy:256:5:4")
+    scenes = load_items("synth:easy:256:5:4")
 
     def texts(order: list[int]) -> dict[int, list[str]]:
         student = _policy()
@@ -179,7 +180,7 @@ def test_dagger_episodes_are_reproducible_whatever_runs_beside_them() -> None:
 
 
 def test_render_cache_states_are_the_policys_inputs_with_the_experts_labels(tmp_path) -> None:
-    from segloop.agent.synth import VOCABULARY
+    from segloop.data.synth import VOCABULARY
     from segloop.policies.compact import CompactConfig, build_vocabulary
     from segloop.rl.render_cache import STEPS, RenderCache, build_cache
 
@@ -223,8 +224,8 @@ def test_dr_grpo_advantages_keep_the_reward_scale_and_small_spreads_are_skipped(
 
 
 def test_search_stats_count_zoom_outs_some_zoom_hits_and_no_target_answers() -> None:
-    from segloop.agent.episode import Trajectory, TurnRecord
-    from segloop.agent.stats import episode_stats, search_stats
+    from segloop.agent.records import Trajectory, TurnRecord
+    from segloop.evaluation.stats import episode_stats, search_stats
 
     def trajectory(boxes, no_target=False, zoom_outs=0):
         turns = [TurnRecord(turn=i, raw_text="", observation="", view_box=b, policy_s=0, tool_s=0)

@@ -17,8 +17,9 @@ from segloop.demos.backends import BackendChoice, Backends
 from segloop.demos.bundled import bundled_samples
 from segloop.demos.chat import respond
 from segloop.demos.session import DemoSession
-from segloop.policies import AgentSpec, build_policy
+from segloop.policies.assembly import AgentSpec
 from segloop.policies.compact import DEFAULT_CHECKPOINT
+from segloop.policies.registry import build_policy
 
 pytestmark = pytest.mark.skipif(not (DEFAULT_CHECKPOINT / "config.json").exists(),
                                 reason="needs the shipped compact checkpoint")

@@ -57,7 +57,7 @@ class PretrainConfig(BaseModel):
 def _zoom_holds(policy: Any, parts: Any, view: Any, target: np.ndarray, image_size: tuple[int, int]) -> bool:
     """Whether the zoom these parts write, executed by the graph's view code, holds the whole target and
     magnifies (its side at most 0.6 of the view's: a "zoom" onto the whole view holds everything)."""
-    from segloop.agent.actions import parse_turn
+    from segloop.agent.parser import parse_turn
     from segloop.tools.views import ViewError, zoom_in
 
     action = parse_turn(policy.call_text(parts, view)).action
@@ -142,7 +142,7 @@ def probe(policy: Any, cache: Any, n: int, image_size: tuple[int, int] = (768, 7
 
 
 def _box_iou(policy: Any, a: Any, b: Any, view: Any) -> float:
-    from segloop.agent.actions import parse_turn
+    from segloop.agent.parser import parse_turn
 
     boxes = [parse_turn(policy.call_text(p, view)).action.bbox_2d for p in (a, b)]
     ix = max(0.0, min(boxes[0][2], boxes[1][2]) - max(boxes[0][0], boxes[1][0]))
@@ -177,7 +177,7 @@ def _sampler(cache: Any, config: PretrainConfig, rng: np.random.Generator) -> An
 def train(config: PretrainConfig) -> dict[str, Any]:
     import torch
 
-    from segloop.agent.synth import VOCABULARY
+    from segloop.data.synth import VOCABULARY
     from segloop.policies.compact import CompactPolicy
     from segloop.policies.compact.policy import STAGES
     from segloop.rl.curves import CurveLog, plot_curves

@@ -64,6 +64,7 @@ class _Walk:
     messages: list = field(default_factory=list)
     pictures: dict[str, np.ndarray] = field(default_factory=dict)
     turn: int = 0
+    last_turn: Any = None  # the previous call, parsed (``PolicyContext.last_turn``)
 
     def __post_init__(self) -> None:
         from segloop.agent.policy import ChatMessage
@@ -82,15 +83,17 @@ class _Walk:
         return PolicyContext(episode_id=self.episode_id, query=self.query, messages=list(self.messages),
                              images=self.pictures, view=self.stack.current, view_depth=len(self.stack.views) - 1,
                              image_size=(width, height), turn=self.turn, max_turns=self.max_turns,
-                             candidate=None, ground_truth=truth)
+                             last_turn=self.last_turn, candidate=None, ground_truth=truth)
 
     def step(self, text: str) -> None:
         """Execute a zoom_in / zoom_out call as the graph would, and show its picture."""
-        from segloop.agent.actions import ZoomIn, parse_turn
+        from segloop.agent.actions import ZoomIn
+        from segloop.agent.parser import parse_turn
         from segloop.agent.policy import ChatMessage
         from segloop.tools.views import render_view
 
-        action = parse_turn(text).action
+        self.last_turn = parse_turn(text)
+        action = self.last_turn.action
         if isinstance(action, ZoomIn):
             self.stack.zoom_in(action.bbox_2d)
         else:
@@ -126,7 +129,8 @@ def _zoom_text(walk: _Walk, box: tuple[float, float, float, float], oracle: Any,
     """A zoom_in call around an original-pixel ``box`` by the expert's zoom rule, its side scaled by a
     random factor and its centre shifted (keeping ``holds`` inside when given): the zooms a student
     makes are not the expert's exact ones. None when the rule would not zoom."""
-    from segloop.agent.actions import ZoomIn, format_call
+    from segloop.agent.actions import ZoomIn
+    from segloop.agent.parser import format_call
     from segloop.policies.scripted import model_box
     from segloop.tools.views import ZoomLimits
 
@@ -183,8 +187,9 @@ def _scene_states(policy: Any, oracle: Any, item: Any, scene: int, seed: int, st
     """Walk one scene (see the module docstring) and add its labelled states to ``store``."""
     import torch
 
-    from segloop.agent.actions import Segment, ZoomOut, format_call
-    from segloop.agent.synth import describe, generate_scene, scene_seed
+    from segloop.agent.actions import Segment, ZoomOut
+    from segloop.agent.parser import format_call
+    from segloop.data.synth import describe, generate_scene, scene_seed
     from segloop.policies.scripted import model_box
     from segloop.tools.masks import box_of
 
@@ -276,15 +281,15 @@ def _build_shard(args: tuple[dict[str, Any], str, int, int, int, str]) -> dict[s
     import cv2
     import torch
 
+    from segloop.data.specs import load_samples
     from segloop.policies.compact import CompactConfig, CompactPolicy
     from segloop.policies.scripted import OraclePolicy
-    from segloop.rl.rollout import items
 
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     policy = CompactPolicy(CompactConfig.model_validate(config))
     oracle = OraclePolicy(max_side=policy.max_side, compact=True, max_depth=policy.config.max_depth)
-    spec = items(data)
+    spec = load_samples(data)
     store = _Store()
     for scene in range(start, stop):
         _scene_states(policy, oracle, spec, scene, seed, store)
@@ -306,7 +311,7 @@ class CacheConfig(BaseModel):
 
 def build(config: CacheConfig) -> dict[str, Any]:
     """Build the cache ``config`` describes, for a compact policy of the synthetic world's vocabulary."""
-    from segloop.agent.synth import VOCABULARY
+    from segloop.data.synth import VOCABULARY
     from segloop.policies.compact import CompactConfig, build_vocabulary
 
     policy_config = CompactConfig(vocabulary=build_vocabulary(list(VOCABULARY)), **config.compact_options)
@@ -317,10 +322,10 @@ def build_cache(out: Path, config: dict[str, Any], data: str, seed: int = 0, wor
                 chunk: int = 250) -> dict[str, Any]:
     """Write the cache for the scenes of ``data`` (a ``synth:`` spec) under ``out``; returns its summary.
     ``workers`` processes share the scenes (one thread each)."""
-    from segloop.rl.rollout import SynthItems, items
+    from segloop.data.specs import SynthSamples, load_samples
 
-    spec = items(data)
-    if not isinstance(spec, SynthItems):
+    spec = load_samples(data)
+    if not isinstance(spec, SynthSamples):
         raise ValueError("the render cache is made from synth:... scenes")
     out.mkdir(parents=True, exist_ok=True)
     cpu, wall = time.process_time(), time.perf_counter()

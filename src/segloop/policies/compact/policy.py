@@ -57,7 +57,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from segloop.agent.actions import InspectMask, Segment, Submit, ZoomIn, ZoomOut, format_call, parse_turn
+from segloop.agent.actions import InspectMask, Segment, Submit, ZoomIn, ZoomOut
+from segloop.agent.parser import format_call, parse_turn
 from segloop.agent.policy import PolicyContext, PolicyTurn
 from segloop.policies.batching import TurnBatcher
 from segloop.policies.compact import symmetry
@@ -281,19 +282,14 @@ class CompactPolicy:
         """Previous tool (or none / unparsable), view depth, turn share, candidate present, last turn,
         the zoom and zoom-out counts, the view's magnification."""
         state = torch.zeros(STATE_SIZE)
-        previous = "none"
-        for message in reversed(context.messages):
-            if message.role == "user":  # a follow-up request starts afresh: earlier requests' turns do not count
-                break
-            if message.role == "assistant":
-                parsed = parse_turn(message.content)
-                if parsed.action is None:
-                    previous = "error"
-                elif isinstance(parsed.action, Submit) and parsed.action.no_target:
-                    previous = "submit_no_target"
-                else:
-                    previous = parsed.action.name
-                break
+        previous = "none"  # also for a follow-up request: earlier requests' turns do not count
+        if (last := context.last_turn) is not None:
+            if last.action is None:
+                previous = "error"
+            elif isinstance(last.action, Submit) and last.action.no_target:
+                previous = "submit_no_target"
+            else:
+                previous = last.action.name
         state[PREVIOUS.index(previous)] = 1.0
         state[len(PREVIOUS) + min(context.view_depth, MAX_DEPTH)] = 1.0
         base = len(PREVIOUS) + MAX_DEPTH + 1
@@ -348,7 +344,8 @@ class CompactPolicy:
     async def act(self, context: PolicyContext) -> PolicyTurn:
         inputs = self.inputs_of(context)
         episode = self._episode(context)
-        parts, log_probs = await self.batcher.submit(_Request(inputs, None, self.greedy, episode.generator))
+        greedy = self.greedy if context.greedy is None else context.greedy
+        parts, log_probs = await self.batcher.submit(_Request(inputs, None, greedy, episode.generator))
         return self._record(context, inputs, parts, log_probs, self.call_text(parts, context.view))
 
     async def act_and_imitate(self, context: PolicyContext, expert: PolicyTurn, *, greedy: bool,
