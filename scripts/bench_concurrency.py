@@ -29,10 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
-from segloop.agent.actions import Segment, Submit, format_call
-from segloop.agent.batch import run_batch
+from segloop.agent.actions import Segment, Submit
 from segloop.agent.episode import Agent, EpisodeConfig
-from segloop.agent.sample import Sample
+from segloop.agent.parser import format_call
+from segloop.data.sample import Sample
+from segloop.evaluation.batch import run_batch
 from segloop.policies.openai_compat import OpenAIPolicy
 from segloop.tools.images import save_image
 from segloop.tools.segmenters.box import BoxSegmenter

@@ -33,7 +33,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from support.openai_server import OpenAIServer  # noqa: E402
 
-from segloop.agent.actions import InspectMask, Segment, Submit, ZoomIn, ZoomOut, format_call  # noqa: E402
+from segloop.agent.actions import InspectMask, Segment, Submit, ZoomIn, ZoomOut  # noqa: E402
+from segloop.agent.parser import format_call  # noqa: E402
 from segloop.agent.policy import PolicyContext, PolicyTurn  # noqa: E402
 from segloop.policies.openai_compat import OpenAIPolicy  # noqa: E402
 
@@ -104,8 +105,8 @@ def _code() -> str:
 
 
 def request_bytes(data: str, options: dict[str, Any], limit: int | None) -> dict[str, Any]:
-    from segloop.agent.datasets import load_samples
     from segloop.agent.episode import Agent, EpisodeConfig
+    from segloop.data.specs import load_samples
     from segloop.tools.segmenters import build_segmenter
 
     samples = load_samples(data)[:limit]
@@ -116,7 +117,7 @@ def request_bytes(data: str, options: dict[str, Any], limit: int | None) -> dict
         agent = Agent(policy, build_segmenter("box"), EpisodeConfig(max_turns=8))
         for sample in samples:
             first = len(server.request_sizes)
-            result = asyncio.run(agent.run(sample.load_image(), sample.query, episode_id=sample.id))
+            result = asyncio.run(agent.run(sample.load().image, sample.query, episode_id=sample.id))
             sizes = server.request_sizes[first:]
             assert len(sizes) == len(result.trajectory.turns) == 8, (sample.id, len(sizes))
             per_episode.append(sum(sizes))
@@ -128,10 +129,9 @@ def request_bytes(data: str, options: dict[str, Any], limit: int | None) -> dict
 
 
 def accuracy(n: int, size: int, options: dict[str, Any]) -> dict[str, Any]:
-    from segloop.agent.batch import run_batch
-    from segloop.agent.datasets import load_samples
     from segloop.agent.episode import Agent, EpisodeConfig
-    from segloop.agent.synth import write_world
+    from segloop.data.specs import load_samples, write_world
+    from segloop.evaluation.batch import run_batch
     from segloop.policies.scripted import OraclePolicy
     from segloop.tools.segmenters import build_segmenter
 

@@ -34,14 +34,14 @@ def main() -> int:
     import torch
 
     from segloop.agent.episode import Agent, EpisodeConfig
+    from segloop.data.specs import load_items
     from segloop.policies.hf import TransformersPolicy
     from segloop.policies.tiny import make_tiny
-    from segloop.rl.rollout import items
     from segloop.tools.segmenters import build_segmenter
 
     torch.set_num_threads(args.threads)
     model = args.model or str(make_tiny(Path(tempfile.mkdtemp(prefix="segloop-bench-")) / "tiny"))
-    item = items("synth:easy:512:0:1")[0]
+    item = load_items("synth:easy:512:0:1")[0]
     segmenter = build_segmenter("grabcut")
     policies = {mode: TransformersPolicy(model, device=args.device, max_new_tokens=args.max_new_tokens,
                                          max_batch=args.group if mode == "batched" else 1)

@@ -113,7 +113,7 @@ def main() -> int:
     parser.add_argument("--keep", type=Path, default=None, help="keep the model and outputs in this folder")
     parser.add_argument("--caller", type=Path, default=None, help="a caller model already taught (skip teaching)")
     args = parser.parse_args()
-    from segloop.agent.synth import write_world
+    from segloop.data.specs import write_world
     from segloop.policies.tiny import make_tiny
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -22,8 +22,8 @@ KEYS = ("giou", "first_zoom_hit", "some_zoom_hit", "zoom_rate", "zoom_out_rate",
 
 
 def build(spec: str, max_side: int) -> tuple[str, Any]:
-    from segloop.policies import build_policy
     from segloop.policies.compact import CompactPolicy
+    from segloop.policies.registry import build_policy
 
     if "=" in spec:
         name, directory = spec.split("=", 1)
@@ -66,8 +66,9 @@ def main() -> int:
     import torch
 
     from segloop.agent.episode import EpisodeConfig
-    from segloop.policies import AgentSpec, build_agent
-    from segloop.rl.rollout import evaluate, first_items
+    from segloop.data.specs import first_items
+    from segloop.policies.assembly import AgentSpec, build_agent
+    from segloop.rl.rollout import evaluate
     from segloop.tools.segmenters import build_segmenter
 
     torch.set_num_threads(args.threads)

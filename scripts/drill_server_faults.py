@@ -67,7 +67,7 @@ def deadline_drill(kind: str, timeout: float, folder: Path) -> None:
 
 
 def storm_drill(storm_s: float, folder: Path) -> None:
-    from segloop.agent.synth import write_world
+    from segloop.data.specs import write_world
 
     manifest = write_world(folder / "world", 12, 0, 384, "easy", 0.0, progress=False)
     server, url = _server("--storm", str(storm_s))

@@ -22,7 +22,7 @@ import json
 from collections import defaultdict
 from typing import Any
 
-from segloop.agent.actions import parse_turn
+from segloop.agent.parser import parse_turn
 from segloop.agent.policy import PolicyContext, PolicyTurn
 
 
@@ -61,16 +61,16 @@ def main() -> int:
     import torch
 
     from segloop.agent.episode import Agent, EpisodeConfig
-    from segloop.policies.learnable import load_learnable
+    from segloop.data.specs import load_items
+    from segloop.policies.registry import load_learnable
     from segloop.policies.scripted import OraclePolicy
-    from segloop.rl.rollout import items, run_episodes
+    from segloop.rl.rollout import run_episodes
     from segloop.tools.segmenters import build_segmenter
 
     torch.set_num_threads(1)
-    student = load_learnable(args.model)
-    student.greedy = True
+    student = load_learnable(args.model, greedy=True)
     probe = GrammarProbe(OraclePolicy(frame=student.frame, max_side=student.max_side), student)
-    held_out = items(args.data)
+    held_out = load_items(args.data)
     jobs = [(held_out[i], f"probe-{i}") for i in range(len(held_out))]
     asyncio.run(run_episodes(Agent(probe, build_segmenter("grabcut"), EpisodeConfig(max_turns=args.max_turns)),
                              jobs, concurrency=1))

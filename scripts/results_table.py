@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -40,8 +41,8 @@ SIZES = ("L", "M", "S", "XS", "XXS")
 
 
 def _policies(pretrained: Path, sft: Path, grpo: Path) -> dict[str, Any]:
-    from segloop.policies import build_policy
     from segloop.policies.compact import CompactPolicy
+    from segloop.policies.registry import build_policy
 
     trained = CompactPolicy.from_pretrained(grpo)
     options = trained.config.model_dump(exclude={"segloop_policy"})
@@ -57,8 +58,9 @@ def _policies(pretrained: Path, sft: Path, grpo: Path) -> dict[str, Any]:
 
 def evaluate_all(policies: dict[str, Any], data: str, n: int, max_turns: int) -> dict[str, dict[str, Any]]:
     from segloop.agent.episode import EpisodeConfig
-    from segloop.policies import AgentSpec, build_agent
-    from segloop.rl.rollout import evaluate, first_items
+    from segloop.data.specs import first_items
+    from segloop.policies.assembly import AgentSpec, build_agent
+    from segloop.rl.rollout import evaluate
     from segloop.tools.segmenters import build_segmenter
 
     chosen = first_items(data, n)
@@ -76,12 +78,12 @@ def query_swap(policy: Any, data: str, n: int, max_turns: int) -> dict[str, floa
     """The original and a swapped query on each of the first ``n`` scenes that have another describable
     object; the share of masks on their own query's object (IoU > 0.5) for each."""
     from segloop.agent.episode import EpisodeConfig
-    from segloop.agent.synth import another_referent, generate_scene, scene_seed
-    from segloop.policies import AgentSpec, build_agent
-    from segloop.rl.rollout import items
+    from segloop.data.specs import load_items
+    from segloop.data.synth import another_referent, generate_scene, scene_seed
+    from segloop.policies.assembly import AgentSpec, build_agent
     from segloop.tools.masks import iou
 
-    scenes = items(data)
+    scenes = load_items(data)
     cases = []
     for index in range(min(n, len(scenes))):
         scene = generate_scene(scene_seed(scenes.seed, index), scenes.size, scenes.difficulty, 0.0)
@@ -116,9 +118,9 @@ def bootstrap(a: dict[str, float], b: dict[str, float], rounds: int = 2000,
 def loops(policy: Any, jobs: list[tuple[np.ndarray, str]], max_turns: int) -> dict[str, float]:
     """Episodes in which a call repeats the one just before it after that one failed or gave an empty mask."""
     from segloop.agent.episode import EpisodeConfig
-    from segloop.policies import AgentSpec, build_agent
+    from segloop.policies.assembly import AgentSpec, build_agent
 
-    agent = build_agent(AgentSpec(episode=EpisodeConfig(max_turns=max_turns, refuse_unknown_words=False)),
+    agent = build_agent(AgentSpec(episode=EpisodeConfig(max_turns=max_turns, guess_unknown_words=True)),
                         policy=policy)
 
     async def run_all() -> list[Any]:
@@ -129,7 +131,7 @@ def loops(policy: Any, jobs: list[tuple[np.ndarray, str]], max_turns: int) -> di
     for result in asyncio.run(run_all()):
         turns = result.trajectory.turns
         looped += any(a.raw_text == b.raw_text and (a.error is not None or "mask is empty" in a.observation)
-                      for a, b in zip(turns, turns[1:], strict=False))
+                      for a, b in itertools.pairwise(turns))
     return {"episodes": len(jobs), "looped": looped}
 
 
@@ -207,11 +209,11 @@ def main() -> int:
         print(f"\nprobe ({args.probe_cache}, {args.probe_n} scenes): " + ", ".join(f"{k} {v:.2f}"
                                                                                   for k, v in probed.items()))
         output["probe"] = probed
-    from segloop.rl.rollout import first_items, items
+    from segloop.data.specs import first_items, load_items
 
     jobs = [(item.image, item.sample.query) for item in first_items(args.data, args.n)]
     if args.realdata.is_file():
-        jobs += [(item.image, item.sample.query) for item in items(str(args.realdata))]
+        jobs += [(item.image, item.sample.query) for item in load_items(args.realdata)]
     looped = loops(shipped, jobs, args.max_turns)
     print(f"loops: {looped['looped']} of {looped['episodes']} episodes repeat a call right after it failed or "
           "gave an empty mask (held-out scenes and real photos, unknown words guessed at)")

@@ -8,22 +8,13 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from segloop.agent.actions import (
-    TOOL_NAMES,
-    InspectMask,
-    Segment,
-    Submit,
-    ZoomIn,
-    ZoomOut,
-    format_call,
-    parse_turn,
-    tool_schemas,
-)
+from segloop.agent.actions import TOOLS, InspectMask, Segment, Submit, ZoomIn, ZoomOut, tool_schemas
+from segloop.agent.parser import format_call, parse_turn
 
 
 def test_schemas_name_every_tool_with_its_arguments():
     schemas = {s["function"]["name"]: s["function"] for s in tool_schemas()}
-    assert set(schemas) == set(TOOL_NAMES) == {"zoom_in", "zoom_out", "segment", "inspect_mask", "submit"}
+    assert set(schemas) == set(TOOLS) == {"zoom_in", "zoom_out", "segment", "inspect_mask", "submit"}
     assert schemas["zoom_in"]["parameters"]["required"] == ["bbox_2d"]
     assert set(schemas["segment"]["parameters"]["properties"]) == {"bbox_2d", "points_2d", "point_labels"}
     assert schemas["segment"]["parameters"]["required"] == []
@@ -95,7 +86,7 @@ def test_any_text_parses_without_raising(text):
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.sampled_from([*TOOL_NAMES, "other"]), json_values, st.text(max_size=30))
+@given(st.sampled_from([*TOOLS, "other"]), json_values, st.text(max_size=30))
 def test_any_json_in_a_tool_call_parses_without_raising(name, arguments, prefix):
     payload = json.dumps({"name": name, "arguments": arguments})
     parsed = parse_turn(f"{prefix}<tool_call>{payload}</tool_call>")

@@ -20,10 +20,11 @@ import pytest
 from support.openai_server import OpenAIServer, scripted_turns
 from support.policies import SwitchedOracle
 
-from segloop.agent.batch import BatchError, FolderLock, read_finished, run_batch
-from segloop.agent.datasets import load_samples
-from segloop.agent.episode import Agent, episode_folder
+from segloop.agent.episode import Agent
+from segloop.agent.records import episode_folder
 from segloop.cli import main as cli
+from segloop.data.specs import load_samples
+from segloop.evaluation.batch import BatchError, FolderLock, read_finished, run_batch
 from segloop.tools.segmenters import build_segmenter
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -135,6 +136,26 @@ def test_failed_episodes_are_not_results_and_resuming_runs_them_again(tmp_path):
     assert {k: resumed[k] for k in keys} == {k: clean[k] for k in keys}
     assert len(read_finished(out / "trajectories.jsonl")) == 6
     assert len((out / "trajectories.jsonl").read_text().splitlines()) == 2 + 4 + 4  # history kept, latest counts
+
+
+def test_a_folder_an_older_segloop_wrote_with_policy_error_resumes(tmp_path):
+    """Trajectories written before ``failure`` replaced ``Trajectory.policy_error`` carry both: they still resume."""
+    samples = load_samples(str(write_dataset(tmp_path / "data", 3, broken=False)))
+    segmenter = build_segmenter("box")
+    policy = SwitchedOracle()
+    out = tmp_path / "run"
+    asyncio.run(run_batch(Agent(policy, segmenter), samples[:1], out, progress=False))
+    policy.down = True
+    asyncio.run(run_batch(Agent(policy, segmenter), samples, out, progress=False))
+    path = out / "trajectories.jsonl"
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    for line in lines:
+        line["trajectory"]["policy_error"] = (line.get("failure") or {}).get("reason")
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    policy.down = False
+    resumed = asyncio.run(run_batch(Agent(policy, segmenter), samples, out, progress=False))
+    assert resumed["episodes_run"] == 2 and resumed["failed"] == 0 and resumed["answered"] == 3
+    assert resumed["giou"] > 0.5
 
 
 def test_a_batch_where_every_episode_failed_prints_no_table_and_exits_non_zero(tmp_path, capsys):
@@ -366,7 +387,7 @@ def test_outage_then_recovery_reruns_exactly_the_failed_episodes(tmp_path, capsy
 
 
 def test_episode_folders_are_safe_and_distinct():
-    from segloop.agent.episode import episode_folder
+    from segloop.agent.records import episode_folder
 
     assert episode_folder("plain_id-1.x") == "plain_id-1.x"
     names = {episode_folder(x) for x in ("a/b", "a_b", "a b", "../a/b")}

@@ -96,6 +96,45 @@ def test_a_choice_the_command_cannot_take_lists_only_what_it_accepts(capsys: pyt
         cli(["train", "sft", "--data", "x", "--out", "y", "--expert", "compact"])
     err = capsys.readouterr().err
     assert "invalid choice: 'compact' (choose from 'oracle', 'single-shot', 'random')" in err
-    with pytest.raises(SystemExit):
-        cli(["demo", "--policy", "oracle"])
-    assert "(choose from 'compact', 'transformers', 'openai', 'random')" in capsys.readouterr().err
+    # run and demo take batch's policies, but have no ground truth for those that read it: one line, exit 2.
+    for command in (["demo"], ["run", "IMAGE", "the red disc", "--out", "OUT"]):
+        assert cli([*command, "--policy", "oracle"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.endswith("--policy oracle reads the ground truth, which this command does not have; use it with "
+                            "segloop batch") and "\n" not in err
+
+
+def _agent_flags(command: list[str]) -> dict[str, tuple[str, ...]]:
+    """The flags of a command's agent and server groups, with the choices each offers."""
+    from segloop.cli import build_parser
+    from segloop.cli.agent_options import AGENT_GROUP, SERVER_GROUP
+
+    parser = build_parser(command)
+    for word in command:
+        parser = next(a for a in parser._actions if a.dest in ("command", "subcommand")).choices[word]
+    groups = [g for g in parser._action_groups if g.title in (AGENT_GROUP, SERVER_GROUP)]
+    assert len(groups) == 2
+    return {flag: tuple(action.choices or ()) for group in groups for action in group._group_actions
+            for flag in action.option_strings}
+
+
+def test_run_batch_and_demo_take_the_same_agent_flags_with_the_same_choices() -> None:
+    run, batch, demo = (_agent_flags(c) for c in (["run"], ["batch"], ["demo"]))
+    assert run == batch == demo
+    for flag in ("--policy", "--model", "--segmenter", "--segmenter-model", "--max-side", "--max-turns", "--seed",
+                 "--base-url", "--temperature", "--tool-mode"):
+        assert flag in run, flag
+    assert set(run["--policy"]) == {"compact", "transformers", "openai", "oracle", "single-shot", "random"}
+
+
+def test_the_agent_flags_reach_the_spec(tmp_path: Path) -> None:
+    from segloop.cli import build_parser
+    from segloop.cli.agent_options import agent_spec
+
+    argv = ["demo", "--policy", "openai", "--model", "m", "--base-url", "http://h:1/v1", "--max-side", "448",
+            "--max-turns", "5", "--segmenter-model", "x"]
+    spec = agent_spec(build_parser(argv).parse_args(argv), ground_truth=False)
+    assert spec.policy == "openai" and spec.model == "m" and spec.segmenter_model == "x"
+    assert spec.episode.max_turns == 5
+    assert spec.policy_options["base_url"] == "http://h:1/v1" and spec.policy_options["max_side"] == 448
+    assert spec.policy_options["retries"] == 1  # the demo's own default: a person is waiting

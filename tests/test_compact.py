@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
-from segloop.agent.actions import Segment, ZoomIn, format_call, parse_turn
+from segloop.agent.actions import Segment, ZoomIn
 from segloop.agent.episode import Agent, EpisodeConfig
+from segloop.agent.parser import format_call, parse_turn
 from segloop.agent.policy import ChatMessage, PolicyContext, PolicyTurn
-from segloop.agent.synth import ATTRIBUTES as WORLD_ATTRIBUTES
-from segloop.agent.synth import SceneObject, generate_scene, object_box, scene_seed
+from segloop.data.synth import ATTRIBUTES as WORLD_ATTRIBUTES
+from segloop.data.synth import SceneObject, generate_scene, object_box, scene_seed
 from segloop.policies.compact import CompactPolicy
 from segloop.policies.compact.actions import PART, TOOL, TOOLS, call_text, parts_of, size_shares
 from segloop.policies.compact.decisions import SCALAR
@@ -101,7 +103,8 @@ def test_expert_boxes_become_cells_and_bins_whose_box_holds_them() -> None:
         x1, y1, x2, y2 = written.bbox_2d
         assert x1 <= box[0] and y1 <= box[1] and x2 >= box[2] and y2 >= box[3]  # never cuts into the object
         assert (x2 - x1) <= 1.6 * (box[2] - box[0]) + 2 * 224 / 32  # ... and not much larger
-    zoom = parts_of(format_call(ZoomIn(bbox_2d=[40, 40, 100, 100])), view, 32, shares, 4.0, zoom_target=[65, 65, 75, 75])
+    zoom = parts_of(format_call(ZoomIn(bbox_2d=[40, 40, 100, 100])), view, 32, shares, 4.0,
+                    zoom_target=[65, 65, 75, 75])
     assert int(zoom[PART["centre"]]) == (70 * 32 // 224) * 32 + 70 * 32 // 224
 
 
@@ -165,7 +168,7 @@ def test_a_segment_that_gave_an_empty_mask_is_not_repeated() -> None:
         calls = [t.raw_text for t in _run(policy, EmptySegmenter(), seed).trajectory.turns]
         segments = [c for c in calls if '"segment"' in c]
         assert len(segments) >= 3
-        assert all(a != b for a, b in zip(calls, calls[1:], strict=False)), calls
+        assert all(a != b for a, b in itertools.pairwise(calls)), calls
 
 
 def test_a_visited_object_is_not_zoomed_into_again() -> None:
@@ -202,15 +205,15 @@ def test_the_expert_boxes_a_hollow_target_with_a_background_point_inside_it_and_
     segment = next(parse_turn(t.raw_text).action for t in result.trajectory.turns if '"segment"' in t.raw_text)
     assert isinstance(segment, Segment) and segment.point_labels == [0]
     trajectory = result.trajectory
-    assert [parse_turn(t.raw_text).action.name for t in trajectory.turns][0] == "zoom_in"
+    assert parse_turn(trajectory.turns[0].raw_text).action.name == "zoom_in"
     assert all(parse_turn(t.raw_text).action.name != "inspect_mask" for t in trajectory.turns)
     # A view that does not hold the target: the expert leaves it.
     other = next(o for o in scene.meta["objects"][1:] if abs(o["cx"] - scene.meta["objects"][0]["cx"]) > 200)
     stack_view = full_view(768, 768, 224)
     from segloop.tools.views import zoom_in
 
-    view = zoom_in(stack_view, [int((other["cx"] - 40) * 224 / 768), int((other["cy"] - 40) * 224 / 768),
-                                int((other["cx"] + 40) * 224 / 768), int((other["cy"] + 40) * 224 / 768)], 768, 768, 224)
+    corners = [other["cx"] - 40, other["cy"] - 40, other["cx"] + 40, other["cy"] + 40]
+    view = zoom_in(stack_view, [int(v * 224 / 768) for v in corners], 768, 768, 224)
     context = PolicyContext(episode_id="x", query=scene.query, messages=[], images={}, view=view, view_depth=1,
                             image_size=(768, 768), turn=1, max_turns=8, ground_truth=scene.mask)
     assert parse_turn(asyncio.run(expert.act(context)).text).action.name == "zoom_out"
@@ -237,15 +240,17 @@ def test_dagger_records_the_experts_label_while_the_students_action_is_executed(
     assert int(decision.parts[PART["centre"]]) >= 0 or not bool(decision.features.zoom_cells.any())
 
 
-def test_a_follow_up_state_reads_the_last_call_and_its_outcome() -> None:
+def test_the_state_reads_the_last_call_and_its_outcome() -> None:
     policy = small_policy()
     view = full_view(384, 384, 112)
     image = np.random.default_rng(0).integers(0, 255, (view.height, view.width, 3), dtype=np.uint8)
+    call = format_call(Segment(bbox_2d=[1, 1, 20, 20]))
     messages = [ChatMessage(role="system", content="tools"), ChatMessage(role="user", content="q", image_id="i"),
-                ChatMessage(role="assistant", content=format_call(Segment(bbox_2d=[1, 1, 20, 20]))),
+                ChatMessage(role="assistant", content=call),
                 ChatMessage(role="tool", content="Error: box outside", image_id="i")]
     context = PolicyContext(episode_id="f", query="the red circle", messages=messages, images={"i": image},
-                            view=view, view_depth=0, image_size=(384, 384), turn=1, max_turns=8)
+                            view=view, view_depth=0, image_size=(384, 384), turn=1, max_turns=8,
+                            last_turn=parse_turn(call))
     turn: PolicyTurn = asyncio.run(policy.act(context))
     assert parse_turn(turn.text).action is not None
     (decision,) = policy.end_episode("f")

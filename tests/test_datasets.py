@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segloop.agent.datasets import (
+from segloop.data.readers import (
     COD_QUERY,
     DatasetError,
-    load_samples,
     read_manifest,
     read_reasonseg,
     read_refcoco,
     write_manifest,
 )
-from segloop.agent.sample import Sample
+from segloop.data.sample import Sample
+from segloop.data.specs import load_samples
 from segloop.tools.images import save_mask
 from segloop.tools.masks import rle_encode
 
@@ -60,11 +60,11 @@ def test_manifest_reads_png_rle_polygon_and_none_masks(tmp_path: Path) -> None:
     assert by_id["png"].kind == "k" and by_id["png"].meta == {"extra": 3}
     assert by_id["rle"].kind == "unknown"
     for sample_id in ("png", "rle", "poly"):
-        np.testing.assert_array_equal(by_id[sample_id].load_mask((4, 6)), gt)
-    np.testing.assert_array_equal(by_id["rle"].load_ignore((4, 6)), ignore)
-    assert by_id["png"].load_ignore((4, 6)) is None
-    assert not by_id["none"].load_mask((4, 6)).any()
-    assert by_id["png"].load_image().shape == (4, 6, 3)
+        np.testing.assert_array_equal(by_id[sample_id].load_truth()[0], gt)
+    np.testing.assert_array_equal(by_id["rle"].load_truth()[1], ignore)
+    assert by_id["png"].load_truth()[1] is None
+    assert not by_id["none"].load_truth()[0].any()
+    assert by_id["png"].load().image.shape == (4, 6, 3)
 
 
 @pytest.mark.parametrize(
@@ -120,13 +120,13 @@ def test_real_manifest_loads() -> None:
     assert len(samples) == 17
     with_ignore = 0
     for sample in samples:
-        image = sample.load_image()
+        image = sample.load().image
         assert image.dtype == np.uint8 and image.shape[2] == 3
         assert (image.shape[1], image.shape[0]) == (sample.meta["width"], sample.meta["height"])
-        mask = sample.load_mask(image.shape[:2])
+        mask = sample.load_truth()[0]
         assert mask.shape == image.shape[:2]
         assert abs(mask.mean() - sample.meta["mask_area_frac"]) < 1e-4
-        ignore = sample.load_ignore(image.shape[:2])
+        ignore = sample.load_truth()[1]
         if ignore is not None:
             with_ignore += 1
             assert ignore.shape == mask.shape and ignore.any()
@@ -161,10 +161,10 @@ def test_reasonseg_masks_ignore_and_texts(tmp_path: Path) -> None:
     expected = np.zeros((16, 20), bool)
     expected[2:11, 2:13] = True
     expected &= ~expected_ignore
-    np.testing.assert_array_equal(samples[0].load_mask((16, 20)), expected)
-    np.testing.assert_array_equal(samples[0].load_ignore((16, 20)), expected_ignore)
-    assert samples[1].load_ignore((16, 20)) is None
-    assert samples[1].load_mask((16, 20)).sum() == 16
+    np.testing.assert_array_equal(samples[0].load_truth()[0], expected)
+    np.testing.assert_array_equal(samples[0].load_truth()[1], expected_ignore)
+    assert samples[1].load_truth()[1] is None
+    assert samples[1].load_truth()[0].sum() == 16
 
     every = load_samples(f"reasonseg:{tmp_path}:all")
     assert [s.id for s in every] == ["img1_0", "img1_1", "img2_0"]
@@ -226,12 +226,12 @@ def test_refcoco_sentences_polygon_and_rle(tmp_path: Path) -> None:
     assert val[0].image.name == "COCO_train2014_000000000001.jpg"
     expected = np.zeros((10, 12), bool)
     expected[3:7, 2:8] = True
-    image = val[0].load_image()
-    np.testing.assert_array_equal(val[0].load_mask(image.shape[:2]), expected)
+    assert val[0].load().image.shape == (10, 12, 3)
+    np.testing.assert_array_equal(val[0].load_truth()[0], expected)
     (crowd,) = load_samples(f"refcoco:{tmp_path}:refcoco:unc:testA")
     expected = np.zeros((4, 5), bool)
     expected[1:4, 1] = True
-    np.testing.assert_array_equal(crowd.load_mask((4, 5)), expected)
+    np.testing.assert_array_equal(crowd.load_truth()[0], expected)
 
 
 def test_refcoco_errors(tmp_path: Path) -> None:
@@ -262,8 +262,8 @@ def test_cod_folder_matched_by_stem(tmp_path: Path) -> None:
     save_mask(~gt, tmp_path / "GT" / "b.png")
     samples = load_samples(f"cod:{tmp_path / 'Imgs'}:{tmp_path / 'GT'}")
     assert [(s.id, s.query, s.kind) for s in samples] == [("a", COD_QUERY, "cod"), ("b", COD_QUERY, "cod")]
-    np.testing.assert_array_equal(samples[0].load_mask((4, 6)), gt)
-    np.testing.assert_array_equal(samples[1].load_mask((4, 6)), ~gt)
+    np.testing.assert_array_equal(samples[0].load_truth()[0], gt)
+    np.testing.assert_array_equal(samples[1].load_truth()[0], ~gt)
     assert load_samples(f"sod:{tmp_path / 'Imgs'}:{tmp_path / 'GT'}")[0].query == "the salient object"
     (tmp_path / "GT" / "b.png").unlink()
     with pytest.raises(DatasetError, match=r"no mask for 1 image\(s\), e\.g\. b\.jpg"):

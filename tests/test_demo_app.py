@@ -26,7 +26,7 @@ from segloop.demos.backends import BackendChoice, Backends
 from segloop.demos.bundled import bundled_samples
 from segloop.demos.chat import Screen, respond, turn_title
 from segloop.demos.session import DemoSession, image_fingerprint
-from segloop.policies import AgentSpec
+from segloop.policies.assembly import AgentSpec
 from segloop.tools.images import save_image
 
 
@@ -353,13 +353,13 @@ def test_the_stop_button_ends_the_episode_within_the_turn(session: DemoSession, 
 
 def test_the_final_mask_is_outlined_with_a_zoomed_inset_when_small(tmp_path: Path) -> None:
     """Item 10: a target a few pixels wide is visible in the final picture."""
-    from segloop.demos.chat import final_overlay
+    from segloop.agent.records import final_picture
     from segloop.tools.overlay import CONTOUR_RGB, INSET_RGB
 
     image = np.full((600, 800, 3), 90, np.uint8)
     mask = np.zeros((600, 800), bool)
     mask[500:506, 700:706] = True  # 6 px in an 800 px image
-    picture = final_overlay(image, mask)
+    picture = final_picture(image, mask)
     assert picture.shape == (600, 800, 3)
     outline = np.all(picture == CONTOUR_RGB, axis=-1)
     assert outline.sum() > 6 * 6 * 4  # the outline alone covers more than the mask: thick and repeated in the inset
@@ -367,4 +367,4 @@ def test_the_final_mask_is_outlined_with_a_zoomed_inset_when_small(tmp_path: Pat
     assert np.all(far_corner == INSET_RGB, axis=-1).any() and np.all(far_corner == CONTOUR_RGB, axis=-1).any()
     big = np.zeros((600, 800), bool)
     big[100:400, 100:500] = True
-    assert not np.all(final_overlay(image, big)[300:, 400:] == INSET_RGB, axis=-1).any()  # a large mask: no inset
+    assert not np.all(final_picture(image, big)[300:, 400:] == INSET_RGB, axis=-1).any()  # a large mask: no inset

@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 from langgraph.checkpoint.memory import InMemorySaver
 
-from segloop.agent.episode import Agent, EpisodeConfig, EpisodeResult, Trajectory, TurnEvent, save_episode
+from segloop.agent.episode import Agent, EpisodeConfig, TurnEvent
 from segloop.agent.policy import PolicyContext, PolicyTurn
+from segloop.agent.records import EpisodeResult, Trajectory, save_episode
 from segloop.policies.scripted import OraclePolicy
+from segloop.tools.images import load_image
 from segloop.tools.masks import iou, rle_decode
 from segloop.tools.segmenters import build_segmenter
 
@@ -79,13 +81,14 @@ def test_oracle_episode_segments_the_target_and_records_every_turn(segmenter, tm
     assert t.ledger is None and "ledger" not in json.loads(t.model_dump_json())
     # The first turn acted in the full view; later turns in the zoomed one.
     assert t.turns[0].view_box == (0, 0, 240, 180) and t.turns[1].view_box != (0, 0, 240, 180)
-    folder = save_episode(result, tmp_path / "ep")
+    folder = save_episode(result, tmp_path / "ep", image, truth)
     saved = Trajectory.model_validate_json((folder / "trajectory.json").read_text())
     assert [x.observation for x in saved.turns] == [x.observation for x in t.turns]
     for turn in t.turns:
         if turn.observation_image:
             assert (folder / turn.observation_image).is_file()
     assert (folder / "mask.png").is_file()
+    assert load_image(folder / "final.png").shape == image.shape  # the answer over the whole image
 
 
 def test_stream_yields_one_event_per_turn_then_the_result(segmenter):
@@ -179,7 +182,7 @@ def test_policy_exception_ends_the_episode_with_its_candidate(segmenter):
     policy = Replay([call("segment", bbox_2d=[150, 40, 190, 80]), "RAISE"], max_side=240)
     result = run(Agent(policy, segmenter), image, episode_id="crash")
     t = result.trajectory
-    assert "ConnectionError: server down" in t.policy_error
+    assert "ConnectionError: server down" in t.failure.reason
     assert t.failure is not None and t.failure.kind == "policy" and "server down" in t.failure.reason
     assert t.failed and not t.empty and t.outcome().startswith("FAILED after 1 turn (policy: ConnectionError")
     assert len(t.turns) == 1 and not t.submitted and iou(result.mask, truth) > 0.7

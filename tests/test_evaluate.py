@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segloop.agent.datasets import load_samples
-from segloop.agent.evaluate import EvaluationError, evaluate_predictions
 from segloop.cli import main as cli_main
+from segloop.data.specs import load_samples
+from segloop.evaluation.predictions import EvaluationError, evaluate_predictions
 from segloop.tools.images import save_mask
 from segloop.tools.masks import rle_encode
 

@@ -9,11 +9,13 @@ import torch
 from PIL import Image
 from support.transcripts import CALLS, SIDE, Transcript, image, mask_runs, sampled, scripted
 
-from segloop.agent.actions import Segment, Submit, ZoomIn, format_call
+from segloop.agent.actions import Segment, Submit, ZoomIn
 from segloop.agent.episode import Agent, EpisodeConfig
+from segloop.agent.parser import format_call
 from segloop.agent.policy import ChatMessage, PolicyContext, PolicyTurn
 from segloop.policies.hf import TokenLedger, TransformersPolicy
-from segloop.policies.learnable import load_learnable, masked_mean
+from segloop.policies.learnable import masked_mean
+from segloop.policies.registry import load_learnable
 from segloop.rl.sft import ExpertForcing
 from segloop.tools.segmenters import build_segmenter
 
@@ -94,6 +96,14 @@ def test_greedy_and_seeded_sampling_are_reproducible(tiny: Path) -> None:
     d = asyncio.run(sampled(sampler, Transcript("r2", seed=5), 2))[1]
     e = asyncio.run(sampled(sampler, Transcript("r3", seed=6), 2))[1]
     assert c == d and c != e
+
+    async def mixed() -> list:  # greedy asked per episode, in one batch with a sampled episode
+        return await asyncio.gather(sampled(sampler, Transcript("m1", greedy=True), 2),
+                                    sampled(sampler, Transcript("m2", seed=5), 2))
+
+    (_, f), (_, g) = asyncio.run(mixed())
+    assert f == a and g == c and sampler.greedy is False
+    assert 2 in sampler.batcher.batch_sizes  # the two rows shared a forward pass
 
 
 def test_concurrent_episodes_share_the_model_and_leave_the_loop_free(tiny: Path) -> None:

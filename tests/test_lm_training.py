@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from segloop.agent.episode import Trajectory, TurnRecord
-from segloop.agent.stats import episode_stats
+from segloop.agent.records import Trajectory, TurnRecord
+from segloop.evaluation.stats import episode_stats
 
 
 def _trajectory(tools: list[str], invalid: int, submitted: bool) -> Trajectory:
@@ -35,7 +35,7 @@ def test_episode_stats_count_episodes_per_tool_and_valid_turns() -> None:
 def test_tiny_lm_sft_then_grpo_through_the_cli(tmp_path: Path, tiny_model: Path) -> None:
     from segloop.cli import main as cli_main
     from segloop.policies.hf import TransformersPolicy
-    from segloop.policies.learnable import load_learnable
+    from segloop.policies.registry import load_learnable
     from segloop.rl.curves import CurveLog
 
     torch.set_num_threads(1)

@@ -12,13 +12,14 @@ import numpy as np
 import pytest
 from support.openai_server import Fault, OpenAIServer, scripted_turns
 
-from segloop.agent.actions import Segment, Submit, ZoomIn, format_call, tool_schemas
+from segloop.agent.actions import Segment, Submit, ZoomIn, tool_schemas
 from segloop.agent.episode import Agent, EpisodeConfig
+from segloop.agent.parser import format_call
 from segloop.agent.policy import ChatMessage, PolicyContext
 from segloop.cli import main as cli
-from segloop.policies import build_policy
 from segloop.policies.chat import IMAGE_STUB, TOOL_CLOSE, TOOL_OPEN, turn_from_message
 from segloop.policies.openai_compat import OpenAIConfig, OpenAIPolicy, OpenAIPolicyError
+from segloop.policies.registry import build_policy
 from segloop.tools.encoding import decode_data_url
 from segloop.tools.images import save_image
 from segloop.tools.segmenters import build_segmenter
@@ -145,7 +146,8 @@ def test_native_mode_without_a_tool_parser_is_refused_once_and_required_works() 
     with OpenAIServer(script=scripted_turns(SCRIPT)) as server:
         _, trajectory = _episode(server, tool_mode="native")
         assert len(server.requests) == 2  # each 400 sent once: told to the model, then the episode ends
-        assert "--enable-auto-tool-choice" in trajectory.policy_error and "twice in a row" in trajectory.policy_error
+        reason = trajectory.failure.reason
+        assert "--enable-auto-tool-choice" in reason and "twice in a row" in reason
         _, trajectory = _episode(server, tool_mode="native", tool_choice="required")
     assert server.requests[-1]["tool_choice"] == "required"
     assert [t.action["name"] for t in trajectory.turns] == ["zoom_in", "segment", "submit"]
@@ -167,7 +169,7 @@ def test_turn_from_message_reads_every_shape() -> None:
         f"<think>r</think>{call}", "tool_calls")
     broken = {"function": {"name": "segment", "arguments": '{"bbox_2d": [1, 2'}}
     text, source = turn_from_message({"content": "", "tool_calls": [broken]})
-    from segloop.agent.actions import parse_turn
+    from segloop.agent.parser import parse_turn
 
     assert source == "tool_calls" and parse_turn(text).error.kind == "bad_json"  # the model is told
     assert turn_from_message({"content": "<think>only thinking</think>"}) == ("<think>only thinking</think>", "none")
@@ -183,7 +185,7 @@ def test_special_token_strings_are_not_echoed_to_the_server() -> None:
         assert trajectory.submitted and trajectory.turns[0].raw_text == script[0]  # recorded as written
         assert server.requests[1]["messages"][2]["content"].startswith("<think>I see  here</think>")
         _, trajectory = _episode(server, special_tokens="none")
-    assert trajectory.policy_error is not None and "HTTP 500" in trajectory.policy_error
+    assert trajectory.failure is not None and "HTTP 500" in trajectory.failure.reason
     assert server.statuses[-2:] == [500, 500]  # an unexplained 500 is retried once, not more
 
 
@@ -259,7 +261,7 @@ def test_the_model_is_told_of_a_refusal_and_carries_on() -> None:
         _, trajectory = _episode(server)
     assert [t.action and t.action["name"] for t in trajectory.turns] == [None, "segment", "submit"]
     assert trajectory.turns[0].observation.startswith("Error: the server could not answer your last turn (HTTP 500")
-    assert trajectory.turns[0].raw_text == "" and trajectory.submitted and trajectory.policy_error is None
+    assert trajectory.turns[0].raw_text == "" and trajectory.submitted and trajectory.failure is None
 
 
 def test_authentication_and_routes_end_at_once() -> None:
@@ -274,8 +276,8 @@ def test_a_proxy_413_ends_the_episode_with_a_clear_reason() -> None:
     with OpenAIServer(script=scripted_turns(SCRIPT), max_body_bytes=20_000) as server:
         _, trajectory = _episode(server, image=_smooth(), image_format="png")
     assert server.statuses == [413]
-    assert "HTTP 413: 413 Request Entity Too Large: the request of" in trajectory.policy_error
-    assert "--keep-images" in trajectory.policy_error and "not sent again" in trajectory.policy_error
+    assert "HTTP 413: 413 Request Entity Too Large: the request of" in trajectory.failure.reason
+    assert "--keep-images" in trajectory.failure.reason and "not sent again" in trajectory.failure.reason
 
 
 def test_a_malformed_200_is_retried_once() -> None:
@@ -343,7 +345,7 @@ def test_unreachable_server_is_a_clear_error_and_ends_the_episode() -> None:
     agent = Agent(policy, build_segmenter("grabcut"), EpisodeConfig(max_turns=3))
     result = asyncio.run(agent.run(_image(2), "anything", episode_id="down"))
     assert not result.mask.any()
-    assert "cannot connect" in (result.trajectory.policy_error or "")
+    assert "cannot connect" in result.trajectory.failure.reason
 
 
 def test_bad_options_are_refused_with_their_name(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -391,7 +393,7 @@ def test_the_tiny_model_answers_over_the_wire(tiny_server: OpenAIServer) -> None
     agent = Agent(policy, build_segmenter("grabcut"), EpisodeConfig(max_turns=2))
     result = asyncio.run(agent.run(_image(3, 100, 120), "the cat", episode_id="model"))
     assert len(result.trajectory.turns) == 2  # random weights: nonsense turns, error observations
-    assert result.trajectory.policy_error is None
+    assert result.trajectory.failure is None
     assert all(isinstance(t.raw_text, str) for t in result.trajectory.turns)
     assert len(server.requests) == 2 and server.requests[1]["messages"][-1]["role"] == "user"
 
@@ -459,7 +461,7 @@ def test_run_takes_the_server_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 def test_the_demo_gives_ui_chosen_servers_the_command_line_knobs() -> None:
     from segloop.demos.backends import BackendChoice, Backends
-    from segloop.policies import AgentSpec
+    from segloop.policies.assembly import AgentSpec
 
     backends = Backends(AgentSpec(), {"temperature": 0.0, "tool_mode": "native"})
     spec = backends.spec_for(BackendChoice(kind="openai", url="http://gpu-box:8000/v1", model="m"))

@@ -15,10 +15,31 @@ BIN = Path(sys.executable).parent
 
 
 def test_layers_contract_holds() -> None:
-    """import-linter's layers contract (pyproject.toml): cli > demos > rl > policies > agent > tools."""
+    """import-linter's layers contract (pyproject.toml): cli > demos | rl > policies | evaluation > agent > data >
+    tools (``a | b``: neither imports the other)."""
     done = subprocess.run([BIN / "lint-imports", "--no-cache"], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-2000:]
     assert "1 kept, 0 broken" in done.stdout
+
+
+def test_the_package_has_no_import_circle() -> None:
+    """No module reaches back to one that imports it, not even through a lazy import inside a function (the
+    policy registry is the only module that imports the policy implementations)."""
+    import grimp
+
+    graph = grimp.build_graph("segloop")
+    circles = sorted({tuple(sorted((importer, imported))) for importer in graph.modules
+                      for imported in graph.find_modules_directly_imported_by(importer)
+                      if graph.chain_exists(importer=imported, imported=importer)})
+    assert len(graph.modules) > 80 and circles == []
+
+
+def test_what_reads_episodes_does_not_import_the_engine() -> None:
+    """Records, statistics, the report and the rewards read trajectories without LangGraph."""
+    code = ("import sys, segloop.agent.records, segloop.evaluation.stats, segloop.evaluation.report, "
+            "segloop.rl.rewards; print(sorted({m.split('.')[0] for m in sys.modules} & {'langgraph', 'torch'}))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
 
 
 def test_ruff_is_clean() -> None:

@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 from support.policies import Scripted, SwitchedOracle
 
-from segloop.agent.episode import Agent, Trajectory
+from segloop.agent.episode import Agent
+from segloop.agent.records import Trajectory
 from segloop.cli import main as cli
+from segloop.tools.images import load_image
 
 
 @pytest.fixture
@@ -32,6 +34,7 @@ def test_run_prints_each_turn_and_saves_the_episode(image_path, tmp_path, capsys
     trajectory = Trajectory.model_validate_json((out / "trajectory.json").read_text())
     assert code == (3 if trajectory.empty else 0)  # an EMPTY answer is not a plain success
     assert f"{trajectory.outcome()}; saved to {out}" in printed
+    assert load_image(out / "final.png").shape == (120, 160, 3)  # the mask over the whole image (item 7)
     assert 1 <= len(trajectory.turns) <= 5
     assert len(re.findall(r"^turn \d+: ", printed, re.MULTILINE)) == len(trajectory.turns)
     assert "saved to" in printed
@@ -63,14 +66,12 @@ def test_user_errors_are_one_clear_line(image_path, tmp_path, capsys, args, mess
     assert err.startswith("segloop run:") and "\n" not in err and message in err
 
 
-@pytest.mark.parametrize("policy", ["nope", "oracle"])
-def test_policies_run_cannot_use_are_refused_by_the_parser(image_path, tmp_path, capsys, policy):
-    """The scripted experts read a ground truth a single image does not have: `run` does not offer them."""
+def test_an_unknown_policy_is_refused_by_the_parser(image_path, tmp_path, capsys):
     with pytest.raises(SystemExit) as exited:
-        cli(["run", str(image_path), "x", "--out", str(tmp_path / "o"), "--policy", policy])
+        cli(["run", str(image_path), "x", "--out", str(tmp_path / "o"), "--policy", "nope"])
     assert exited.value.code == 2
-    assert f"invalid choice: '{policy}' (choose from 'compact', 'transformers', 'openai', 'random')" in (
-        capsys.readouterr().err)
+    assert ("invalid choice: 'nope' (choose from 'compact', 'transformers', 'openai', 'oracle', 'single-shot', "
+            "'random')") in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("reply", "code", "line"), [
@@ -86,12 +87,12 @@ def test_policies_run_cannot_use_are_refused_by_the_parser(image_path, tmp_path,
 def test_an_empty_answer_is_said_plainly_and_exits_non_zero(image_path, tmp_path, capsys, monkeypatch, box_segmenter,
                                                             reply, code, line):
     """Item 1: "submitted an EMPTY mask" is neither "submitted" nor "no such object", and does not exit 0."""
-    monkeypatch.setattr("segloop.policies.build_agent",
+    monkeypatch.setattr("segloop.policies.assembly.build_agent",
                         lambda spec, **_: Agent(Scripted([reply]), box_segmenter, spec.episode))
     out = tmp_path / "o"
     assert cli(["run", str(image_path), "the red disc", "--out", str(out), "--max-turns", "2"]) == code
     printed = capsys.readouterr().out.strip().splitlines()
-    assert printed[-1].startswith(line) and printed[-1].endswith(f"saved to {out}")
+    assert printed[-1].startswith(line) and f"saved to {out} (final.png" in printed[-1]
     saved = json.loads((out / "trajectory.json").read_text())
     assert saved["empty"] == (code == 3) and saved["no_target"] == ("no_target" in reply)
 
@@ -99,7 +100,8 @@ def test_an_empty_answer_is_said_plainly_and_exits_non_zero(image_path, tmp_path
 def test_a_failed_episode_is_not_an_answer(image_path, tmp_path, capsys, monkeypatch, box_segmenter):
     """Item 2: a policy that cannot give a turn fails the episode: exit 1, the reason on stderr."""
     policy = SwitchedOracle(down=True)
-    monkeypatch.setattr("segloop.policies.build_agent", lambda spec, **_: Agent(policy, box_segmenter, spec.episode))
+    monkeypatch.setattr("segloop.policies.assembly.build_agent",
+                        lambda spec, **_: Agent(policy, box_segmenter, spec.episode))
     assert cli(["run", str(image_path), "the red disc", "--out", str(tmp_path / "o")]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("segloop run: the episode FAILED (policy: PolicyUnavailable: ") and "HTTP 503" in err

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from segloop.agent.episode import Agent, EpisodeConfig
-from segloop.policies import PolicyError, build_policy
+from segloop.policies.registry import PolicyError, build_policy
 from segloop.policies.scripted import OraclePolicy, RandomTextPolicy, SingleShotPolicy
 from segloop.tools.masks import iou, rle_decode
 from segloop.tools.segmenters import build_segmenter
@@ -77,7 +77,7 @@ def test_no_target_and_missing_ground_truth(segmenter):
         result = run(policy, segmenter, image, empty)
         assert result.trajectory.no_target and not result.mask.any() and len(result.trajectory.turns) == 1
         blind = run(policy, segmenter, image, None)
-        assert "needs the ground-truth mask" in blind.trajectory.policy_error
+        assert "needs the ground-truth mask" in blind.trajectory.failure.reason
 
 
 def test_random_text_never_breaks_an_episode(segmenter):
@@ -95,7 +95,7 @@ def test_random_text_never_breaks_an_episode(segmenter):
     assert invalid > 0 and turns > 50
     for r in results:
         t = r.trajectory
-        assert r.mask.shape == truth.shape and t.policy_error is None
+        assert r.mask.shape == truth.shape and t.failure is None
         assert t.submitted or (t.budget_spent and len(t.turns) == 6)
         assert np.array_equal(rle_decode(t.final_mask_rle), r.mask)
     assert {name for r in results for name in r.trajectory.tool_counts} >= {"segment", "zoom_in", "submit"}

@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from segloop.agent.datasets import read_manifest
-from segloop.agent.synth import (
+from segloop.cli import main as cli_main
+from segloop.data.readers import read_manifest
+from segloop.data.synth import (
     ATTRIBUTES,
     COLOURS,
     STRIPE_SHADE,
@@ -25,7 +26,6 @@ from segloop.agent.synth import (
     resolve,
     scene_seed,
 )
-from segloop.cli import main as cli_main
 from segloop.tools.masks import box_of
 
 
@@ -175,9 +175,9 @@ def test_cli_is_deterministic_and_writes_a_readable_manifest(tmp_path: Path, cap
     no_target = [s for s in samples if s.kind == "no_target"]
     assert no_target, [s.kind for s in samples]
     for sample in samples:
-        image = sample.load_image()
+        image = sample.load().image
         assert image.shape == (256, 256, 3)
-        mask = sample.load_mask(image.shape[:2])
+        mask = sample.load_truth()[0]
         assert mask.any() == (sample.kind != "no_target")
         assert sample.meta["scene_seed"] == scene_seed(4, int(sample.id.rsplit("_", 1)[1]))
         assert "objects" not in sample.meta and sample.meta["size_class"]

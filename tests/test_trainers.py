@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from segloop.agent.actions import Segment, ZoomIn, format_call
+from segloop.agent.actions import Segment, ZoomIn
+from segloop.agent.parser import format_call
 from segloop.agent.policy import ChatMessage, PolicyContext
 from segloop.policies.compact import CompactPolicy
 from segloop.rl.grpo import GRPOConfig, aggregate, group_advantages, policy_loss
@@ -100,35 +101,15 @@ def test_grpo_step_moves_probability_towards_positive_advantages() -> None:
     assert torch.equal(after.recorded, start.recorded)  # act-time log-probs stay what they were
 
 
-def test_synth_items_are_the_scenes_segloop_synth_writes(tmp_path) -> None:
-    from segloop.agent.datasets import read_manifest
-    from segloop.agent.synth import write_world
-    from segloop.rl.rollout import SynthItems, items
-
-    manifest = write_world(tmp_path, n=3, seed=5, size=160, difficulty="easy", no_target_rate=0.5, progress=False)
-    written = read_manifest(manifest)
-    generated = items("synth:easy:160:5:3:0.5")
-    assert isinstance(generated, SynthItems) and len(generated) == 3
-    for sample, item in zip(written, generated, strict=True):
-        assert (item.sample.id, item.sample.query, item.sample.kind) == (sample.id, sample.query, sample.kind)
-        image = sample.load_image()
-        assert np.array_equal(item.image, image)
-        assert np.array_equal(item.mask, sample.load_mask(image.shape[:2]))
-    with pytest.raises(IndexError):
-        generated[3]
-    for bad in ("synth:easy:160", "synth:weird:160:1:3", "synth:easy:160:1:3:2.0", "synth:easy:x:1:3"):
-        with pytest.raises(ValueError, match="synth"):
-            items(bad)
-
-
 def test_search_stats_check_the_zoomed_views_hold_the_target_and_episode_stats_count_the_grammar() -> None:
     from segloop.agent.episode import Agent, EpisodeConfig
-    from segloop.agent.stats import episode_stats, search_stats
+    from segloop.data.specs import load_items
+    from segloop.evaluation.stats import episode_stats, search_stats
     from segloop.policies.scripted import OraclePolicy
-    from segloop.rl.rollout import items, run_episodes
+    from segloop.rl.rollout import run_episodes
     from segloop.tools.segmenters import build_segmenter
 
-    scenes = [items("synth:easy:768:1000:6")[i] for i in range(6)]
+    scenes = [load_items("synth:easy:768:1000:6")[i] for i in range(6)]
     agent = Agent(OraclePolicy(max_side=448), build_segmenter("grabcut"), config=EpisodeConfig(max_turns=8))
     results = asyncio.run(run_episodes(agent, [(s, f"z{i}") for i, s in enumerate(scenes)]))
     trajectories = [r.trajectory for r in results]
@@ -152,7 +133,7 @@ def test_search_stats_check_the_zoomed_views_hold_the_target_and_episode_stats_c
 @pytest.mark.slow
 def test_sft_from_a_refreshed_pool_then_grpo_and_resume_through_the_cli(tmp_path) -> None:
     from segloop.cli import main as cli_main
-    from segloop.policies.learnable import load_learnable
+    from segloop.policies.registry import load_learnable
     from segloop.rl.curves import CurveLog
 
     world, held_out = "synth:easy:256:1:100000", "synth:easy:256:9:4"
@@ -188,8 +169,8 @@ def test_dr_grpo_advantages_keep_the_reward_scale_and_small_spreads_are_skipped(
 
 
 def test_search_stats_count_zoom_outs_some_zoom_hits_and_no_target_answers() -> None:
-    from segloop.agent.episode import Trajectory, TurnRecord
-    from segloop.agent.stats import episode_stats, search_stats
+    from segloop.agent.records import Trajectory, TurnRecord
+    from segloop.evaluation.stats import episode_stats, search_stats
 
     def trajectory(boxes, no_target=False, zoom_outs=0):
         turns = [TurnRecord(turn=i, raw_text="", observation="", view_box=b, policy_s=0, tool_s=0)

@@ -24,8 +24,8 @@ import httpx
 import pytest
 from support.caller import CALLS, MAX_SIDE, teach_calls
 
-from segloop.agent.synth import write_world
 from segloop.cli import main as cli
+from segloop.data.specs import write_world
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow

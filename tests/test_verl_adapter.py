@@ -25,13 +25,14 @@ import torch
 from PIL import Image
 from pydantic import BaseModel
 
-from segloop.agent.actions import Segment, Submit, ZoomIn, format_call
+from segloop.agent.actions import Segment, Submit, ZoomIn
 from segloop.agent.episode import Agent, EpisodeConfig
+from segloop.agent.parser import format_call
 from segloop.agent.policy import PolicyContext, PolicyTurn
+from segloop.data.specs import load_items
 from segloop.policies.hf import TransformersPolicy
 from segloop.policies.ledger import GenerateRequest, TokenLedger
 from segloop.rl.rewards import episode_reward
-from segloop.rl.rollout import items
 from segloop.rl.sft import ExpertForcing
 from segloop.rl.verl.episode import AGENT_NAME, LoopSettings, fit_response, parse_row, run_episode
 from segloop.rl.verl.export import row_of
@@ -118,7 +119,7 @@ def tiny(tiny_model: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def item() -> Any:
-    return items("synth:easy:256:3:1")[0]
+    return load_items("synth:easy:256:3:1")[0]
 
 
 @pytest.fixture(scope="module")
@@ -205,7 +206,7 @@ def test_generated_turns_match_the_transformers_policy(tiny: Path, item: Any) ->
     result = asyncio.run(Agent(policy, build_segmenter("grabcut"), EpisodeConfig(max_turns=2)).run(
         item.image, item.sample.query, episode_id="greedy"))
     ledger = result.trajectory.ledger
-    assert not out["extra_fields"]["segloop_policy_error"]
+    assert not out["extra_fields"]["segloop_failure"]
     assert out["prompt_ids"] + out["response_ids"] == ledger.ids
     assert out["response_mask"] == ledger.mask[ledger.prompt_length:] and sum(out["response_mask"]) > 0
     assert np.allclose(out["response_logprobs"], ledger.logprobs[ledger.prompt_length:], atol=1e-4)
@@ -230,7 +231,7 @@ def test_a_short_budget_cuts_the_response_at_an_image_boundary(tiny: Path, item:
     server = TinyServer(TransformersPolicy(tiny, max_side=SIDE), script=texts)
     short = _adapter(server, verl_row(item), response_length=second_image + 5)
     assert len(short["response_ids"]) <= second_image + 5 and len(short["multi_modal_data"]["images"]) == 1
-    assert "response budget" in short["extra_fields"]["segloop_policy_error"]
+    assert "response budget" in short["extra_fields"]["segloop_failure"]
     assert len(short["response_mask"]) == len(short["response_ids"]) == len(short["response_logprobs"])
 
 

@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from segloop.agent.actions import Segment, Submit, format_call
+from segloop.agent.actions import Segment, Submit
+from segloop.agent.parser import format_call
 from segloop.policies.tiny import CHAT_TEMPLATE as TINY_TEMPLATE
 
 CALLS = ["<think>the top left corner</think>" + format_call(Segment(bbox_2d=[1, 2, 35, 46])),
@@ -73,8 +74,8 @@ def _picture(rng: np.random.Generator, i: int) -> np.ndarray:
 def recorded_requests(episodes: int = 8, seed: int = 0) -> list[tuple[dict[str, Any], str]]:
     """(request body, the answer to teach) pairs from real episodes of ``OpenAIPolicy`` in both tool modes."""
     from segloop.agent.episode import Agent, EpisodeConfig
-    from segloop.agent.synth import generate_scene
-    from segloop.policies import build_policy
+    from segloop.data.synth import generate_scene
+    from segloop.policies.registry import build_policy
     from segloop.tools.segmenters import build_segmenter
     from support.openai_server import OpenAIServer, scripted_turns
 

@@ -3,7 +3,8 @@ it unavailable (a server outage), and an answer that is an EMPTY mask for chosen
 
 from __future__ import annotations
 
-from segloop.agent.actions import Submit, format_call
+from segloop.agent.actions import Submit
+from segloop.agent.parser import format_call
 from segloop.agent.policy import PolicyContext, PolicyTurn, PolicyUnavailable
 from segloop.policies.scripted import OraclePolicy
 

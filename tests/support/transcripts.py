@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from segloop.agent.actions import InspectMask, Segment, Submit, ZoomIn, format_call
+from segloop.agent.actions import InspectMask, Segment, Submit, ZoomIn
+from segloop.agent.parser import format_call
 from segloop.agent.policy import ChatMessage, PolicyContext
 from segloop.policies.hf import TokenLedger, TransformersPolicy
 from segloop.tools.views import full_view
@@ -22,9 +23,10 @@ def image(seed: int, height: int = SIDE, width: int = SIDE) -> np.ndarray:
 class Transcript:
     """A hand-driven episode: the messages and images a graph would hand the policy."""
 
-    def __init__(self, episode_id: str, seed: int = 0) -> None:
+    def __init__(self, episode_id: str, seed: int = 0, greedy: bool | None = None) -> None:
         self.episode_id = episode_id
         self.seed = seed
+        self.greedy = greedy
         self.images = {"view0": image(seed)}
         self.messages = [ChatMessage(role="system", content="You segment what the user asks for."),
                          ChatMessage(role="user", content="Find the red circle.", image_id="view0")]
@@ -32,7 +34,7 @@ class Transcript:
     def context(self, turn: int) -> PolicyContext:
         return PolicyContext(episode_id=self.episode_id, query="the red circle", messages=list(self.messages),
                              images=self.images, view=full_view(SIDE, SIDE, SIDE), view_depth=0,
-                             image_size=(SIDE, SIDE), turn=turn, max_turns=8, seed=self.seed)
+                             image_size=(SIDE, SIDE), turn=turn, max_turns=8, seed=self.seed, greedy=self.greedy)
 
     def answer(self, text: str, turn: int) -> None:
         self.messages.append(ChatMessage(role="assistant", content=text))

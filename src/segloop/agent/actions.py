@@ -1,8 +1,13 @@
-"""The actions a policy may take, their JSON schemas, and the parser of model text.
+"""The tools as a table: one class per tool holds its arguments (a pydantic model: the JSON schema the model
+is shown, and the check of what it writes), what it does (``run``, on the episode's ``ToolEnv``) and its
+clause in the system prompt (``usage``); ``TOOLS`` maps each name to its class, and the parser
+(``agent.parser``), the prompts and the graph (``agent.episode``) read only the table. A new tool is a class
+here and its entry in ``TOOLS``.
 
-A turn is optional ``<think>...</think>`` and one ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``
-(the Hermes / Qwen2.5-VL format). The last complete tool call wins. Every failure becomes an
-``ActionError`` whose message tells the model what to write instead; parsing never raises anything else.
+Coordinates in the arguments are in the frame of the image the model was shown for the current view; the
+view code (``tools.views``) maps them to original pixels. A call a tool cannot carry out raises
+``ViewError``, ``SegmenterError`` or ``ValueError``, worded for the model: the episode answers it with the
+reason, and the turn is spent.
 """
 
 from __future__ import annotations
@@ -10,24 +15,45 @@ from __future__ import annotations
 import functools
 import json
 import math
-import re
-from typing import Annotated, Any, Literal
+from typing import Any, ClassVar, Literal, NamedTuple, Protocol
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    TypeAdapter,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from segloop.tools.overlay import render_overlay
+from segloop.tools.segmenters import Prompt
+from segloop.tools.views import View, ViewStack, check_point
 
 Number = float
 
 
-class _Action(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Observation(NamedTuple):
+    """What a tool answers: its result line and the picture shown with it (None: the current view)."""
+
+    text: str
+    picture: np.ndarray | None = None
+
+
+class ToolEnv(Protocol):
+    """What a tool may read and change of its episode (the graph gives it, one per turn)."""
+
+    image: np.ndarray  # the original image
+    views: ViewStack  # the view stack; zooms push and pop it
+    candidate: np.ndarray | None  # the candidate mask (image-sized); segment sets it
+    submitted: bool
+    no_target: bool
+
+    def render(self, view: View) -> np.ndarray:
+        """The view at the size the policy is shown it."""
+        ...
+
+    def describe(self, view: View) -> str:
+        """The candidate's statistics in ``view``, in words for the model."""
+        ...
+
+    async def segment(self, view: View, prompt: Prompt) -> np.ndarray:
+        """The segmenter's mask (image-sized) for a prompt in original pixels, on ``view``'s pixels."""
+        ...
 
 
 def _finite(values: list[float], what: str) -> list[float]:
@@ -36,23 +62,49 @@ def _finite(values: list[float], what: str) -> list[float]:
     return values
 
 
-class ZoomIn(_Action):
+class Action(BaseModel):
+    """One call of a tool. Subclasses set ``name`` (a literal: the tool's name), their argument fields, their
+    docstring (the schema's description), ``usage`` and ``run``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    # The tool's clause in the system prompt's how-to sentence ("" when its description says enough).
+    usage: ClassVar[str] = ""
+
+    def arguments(self) -> dict[str, Any]:
+        """The arguments as a canonical call writes them (optional ones at their defaults left out)."""
+        return self.model_dump(exclude={"name"}, exclude_none=True)
+
+    async def run(self, env: ToolEnv) -> Observation:
+        raise NotImplementedError
+
+
+class ZoomIn(Action):
     """Show the region bbox_2d of the current view at full input size."""
 
     name: Literal["zoom_in"] = "zoom_in"
     bbox_2d: list[Number] = Field(min_length=4, max_length=4,
                                   description="[x1, y1, x2, y2] in the current view's frame")
+    usage: ClassVar[str] = "zoom_in on the region where the target is when it is small"
 
     _check = field_validator("bbox_2d")(lambda v: _finite(v, "bbox_2d"))
 
+    async def run(self, env: ToolEnv) -> Observation:
+        view = env.views.zoom_in(self.bbox_2d)
+        return Observation(f"Zoomed in on original region {list(view.box.as_tuple())}.", env.render(view))
 
-class ZoomOut(_Action):
+
+class ZoomOut(Action):
     """Go back to the previous view."""
 
     name: Literal["zoom_out"] = "zoom_out"
 
+    async def run(self, env: ToolEnv) -> Observation:
+        return Observation("Zoomed out.", env.render(env.views.zoom_out()))
 
-class Segment(_Action):
+
+class Segment(Action):
     """Run SAM2 in the current view with a box and/or points; the result becomes the candidate mask."""
 
     name: Literal["segment"] = "segment"
@@ -60,6 +112,8 @@ class Segment(_Action):
                                          description="[x1, y1, x2, y2] around the target, current view's frame")
     points_2d: list[list[Number]] | None = Field(default=None, description="[[x, y], ...] in the current view's frame")
     point_labels: list[int] | None = Field(default=None, description="1 = on the target, 0 = background; one per point")
+    usage: ClassVar[str] = ("segment it with a box around it (add points: label 1 on the target, 0 on background, "
+                            "to correct a mask)")
 
     @field_validator("bbox_2d")
     @classmethod
@@ -90,24 +144,62 @@ class Segment(_Action):
             raise ValueError("point_labels must be 1 (target) or 0 (background)")
         return self
 
+    def arguments(self) -> dict[str, Any]:
+        arguments = super().arguments()
+        if not self.points_2d:
+            arguments.pop("point_labels", None)
+        return arguments
 
-class InspectMask(_Action):
+    async def run(self, env: ToolEnv) -> Observation:
+        view = env.views.current
+        box = view.box_to_original(self.bbox_2d) if self.bbox_2d is not None else None
+        points = tuple(view.to_original(*check_point(p, view)) for p in self.points_2d or [])
+        labels = tuple(self.point_labels or [])
+        # Points correct the current candidate (SAM's mask input); a box alone starts afresh.
+        hint = env.candidate if points else None
+        mask = await env.segment(view, Prompt(box=box, points=points, point_labels=labels, mask=hint))
+        env.candidate = mask
+        overlay = render_overlay(env.image, view, mask, box=box, points=points, labels=labels, base=env.render(view))
+        return Observation(f"Segmented: {env.describe(view)}.", overlay)
+
+
+class InspectMask(Action):
     """Draw the candidate mask over the current view and report its statistics."""
 
     name: Literal["inspect_mask"] = "inspect_mask"
+    usage: ClassVar[str] = "inspect_mask to check the candidate mask drawn over the view"
+
+    async def run(self, env: ToolEnv) -> Observation:
+        if env.candidate is None:
+            raise ValueError("there is no candidate mask yet; call segment first")
+        view = env.views.current
+        overlay = render_overlay(env.image, view, env.candidate, base=env.render(view))
+        return Observation(f"Candidate: {env.describe(view)}.", overlay)
 
 
-class Submit(_Action):
+class Submit(Action):
     """Answer with the candidate mask, or with an empty mask when there is no such object."""
 
     name: Literal["submit"] = "submit"
     no_target: bool = False
+    usage: ClassVar[str] = ("submit when it covers exactly the target. If there is no such object, call submit "
+                            "with no_target true")
+
+    def arguments(self) -> dict[str, Any]:
+        return {"no_target": True} if self.no_target else {}
+
+    async def run(self, env: ToolEnv) -> Observation:
+        env.submitted, env.no_target = True, self.no_target
+        if self.no_target:
+            return Observation("Submitted: no such object (empty mask).")
+        if env.candidate is None:
+            return Observation("Submitted an empty mask (there was no candidate).")
+        return Observation(f"Submitted the candidate: {env.describe(env.views.current)}.")
 
 
-Action = Annotated[ZoomIn | ZoomOut | Segment | InspectMask | Submit, Field(discriminator="name")]
-ACTION_TYPES: tuple[type[_Action], ...] = (ZoomIn, ZoomOut, Segment, InspectMask, Submit)
-TOOL_NAMES = tuple(t.model_fields["name"].default for t in ACTION_TYPES)
-_ACTION_ADAPTER: TypeAdapter[Action] = TypeAdapter(Action)
+# The table: the tools a policy is offered, in the order the system prompt lists them.
+TOOLS: dict[str, type[Action]] = {tool.model_fields["name"].default: tool
+                                  for tool in (ZoomIn, ZoomOut, Segment, InspectMask, Submit)}
 
 
 def tool_schemas() -> list[dict[str, Any]]:
@@ -119,8 +211,8 @@ def tool_schemas() -> list[dict[str, Any]]:
 def _tool_schemas_json() -> str:
     # Built once: pydantic's schema generation costs ~10 ms, paid by every episode's system prompt.
     schemas = []
-    for action_type in ACTION_TYPES:
-        schema = action_type.model_json_schema()
+    for name, tool in TOOLS.items():
+        schema = tool.model_json_schema()
         properties = {k: v for k, v in schema.get("properties", {}).items() if k != "name"}
         for prop in properties.values():
             prop.pop("title", None)
@@ -128,110 +220,9 @@ def _tool_schemas_json() -> str:
         schemas.append({
             "type": "function",
             "function": {
-                "name": action_type.model_fields["name"].default,
-                "description": (action_type.__doc__ or "").strip(),
+                "name": name,
+                "description": (tool.__doc__ or "").strip(),
                 "parameters": {"type": "object", "properties": properties, "required": required},
             },
         })
     return json.dumps(schemas)
-
-
-class ActionError(BaseModel):
-    """Why a turn's text is not a valid action; ``message`` is shown to the model."""
-
-    kind: Literal["no_tool_call", "bad_json", "unknown_tool", "bad_arguments"]
-    message: str
-
-
-class ParsedTurn(BaseModel):
-    """A turn's text split into its reasoning and its action (or the error that replaces it)."""
-
-    thought: str | None = None
-    action: Action | None = None
-    error: ActionError | None = None
-    raw_call: str | None = None
-
-
-_THINK = re.compile(r"<think>(.*?)(?:</think>|$)", re.DOTALL)
-_CALL = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
-_FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
-
-
-def format_call(action: _Action) -> str:
-    """The canonical text of an action, as a policy should write it."""
-    arguments = action.model_dump(exclude={"name"}, exclude_none=True)
-    if isinstance(action, Segment) and not action.points_2d:
-        arguments.pop("point_labels", None)
-    if isinstance(action, Submit) and not action.no_target:
-        arguments = {}
-    payload = json.dumps({"name": action.name, "arguments": _integers(arguments)}, separators=(", ", ": "))
-    return f"<tool_call>{payload}</tool_call>"
-
-
-def _integers(value: Any) -> Any:
-    """Whole floats as ints, so calls print as a model writes them."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, list):
-        return [_integers(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _integers(v) for k, v in value.items()}
-    return value
-
-
-def parse_turn(text: Any) -> ParsedTurn:
-    """Split a model's turn into thought and action; never raises."""
-    if not isinstance(text, str):
-        text = "" if text is None else str(text)
-    think = _THINK.search(text)
-    thought = think.group(1).strip() if think else None
-    calls = _CALL.findall(text)
-    if not calls:
-        hint = ("the <tool_call> is not closed; end it with </tool_call>" if "<tool_call>" in text
-                else "write exactly one <tool_call>{\"name\": ..., \"arguments\": {...}}</tool_call>")
-        error = ActionError(kind="no_tool_call", message=f"No tool call found: {hint}.")
-        return ParsedTurn(thought=thought, error=error)
-    raw = calls[-1].strip()
-    fenced = _FENCE.match(raw)
-    body = fenced.group(1) if fenced else raw
-    try:
-        payload = json.loads(body)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        msg = f"The tool call is not valid JSON ({exc.__class__.__name__}: {str(exc)[:80]})."
-        return ParsedTurn(thought=thought, raw_call=raw, error=ActionError(kind="bad_json", message=msg))
-    if not isinstance(payload, dict) or not isinstance(payload.get("name"), str):
-        msg = 'The tool call must be a JSON object {"name": <tool>, "arguments": {...}}.'
-        return ParsedTurn(thought=thought, raw_call=raw, error=ActionError(kind="bad_json", message=msg))
-    name = payload["name"]
-    if name not in TOOL_NAMES:
-        msg = f"Unknown tool {name[:40]!r}; the tools are: {', '.join(TOOL_NAMES)}."
-        return ParsedTurn(thought=thought, raw_call=raw, error=ActionError(kind="unknown_tool", message=msg))
-    arguments = payload.get("arguments", {})
-    if isinstance(arguments, str):  # some servers send arguments as a JSON string
-        try:
-            arguments = json.loads(arguments)
-        except (json.JSONDecodeError, RecursionError):
-            arguments = None
-    if arguments is None:
-        arguments = {}
-    if not isinstance(arguments, dict):
-        msg = f"The arguments of {name} must be a JSON object."
-        return ParsedTurn(thought=thought, raw_call=raw, error=ActionError(kind="bad_arguments", message=msg))
-    try:
-        action = _ACTION_ADAPTER.validate_python({**_integers(arguments), "name": name})
-    except (ValidationError, ValueError, TypeError, RecursionError) as exc:
-        problems = _describe_validation(exc)
-        msg = f"Bad arguments for {name}: {problems}."
-        return ParsedTurn(thought=thought, raw_call=raw, error=ActionError(kind="bad_arguments", message=msg))
-    return ParsedTurn(thought=thought, action=action, raw_call=raw)
-
-
-def _describe_validation(exc: Exception) -> str:
-    if not isinstance(exc, ValidationError):
-        return str(exc)[:160]
-    parts = []
-    for err in exc.errors()[:3]:
-        loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("zoom_in", "zoom_out", "segment",
-                                                                         "inspect_mask", "submit"))
-        parts.append(f"{loc or 'arguments'}: {err.get('msg', 'invalid')}")
-    return "; ".join(parts)

@@ -10,28 +10,27 @@ lost with its process is rebuilt from the state and the image given with the nex
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import itertools
-import re
 import time
 import uuid
 import zlib
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal, TypedDict
+from typing import Any, TypedDict
 
 import numpy as np
 from langgraph.graph import END, START, StateGraph
 from pydantic import BaseModel, ConfigDict, Field
 
 from segloop.agent import prompts
-from segloop.agent.actions import InspectMask, Segment, Submit, ZoomIn, ZoomOut, format_call, parse_turn
+from segloop.agent.actions import Action
+from segloop.agent.parser import ParsedTurn, parse_turn
 from segloop.agent.policy import ChatMessage, Policy, PolicyContext, unknown_words
-from segloop.tools.images import ImageError, as_rgb, save_image, save_mask
+from segloop.agent.records import EpisodeResult, Failure, Trajectory, TurnRecord
+from segloop.tools.images import ImageError, as_rgb
 from segloop.tools.masks import rle_decode, rle_encode
-from segloop.tools.overlay import mask_stats, render_overlay
+from segloop.tools.overlay import mask_stats
 from segloop.tools.segmenters import Prompt, Segmenter, SegmenterError
 from segloop.tools.views import (
     SIDE_MULTIPLE,
@@ -40,7 +39,6 @@ from segloop.tools.views import (
     ViewError,
     ViewStack,
     ZoomLimits,
-    check_point,
     model_size,
     render_view,
 )
@@ -63,6 +61,8 @@ class EpisodeConfig(BaseModel):
     max_zoom: float = Field(16.0, gt=1, description="how much larger than the full image's scale a view may be shown")
     seed: int | None = Field(None, description="seed of the policy's sampled choices (an episode's seed is derived "
                                                "from it and the episode id); unseeded when omitted")
+    guess_unknown_words: bool = Field(False, description="answer a request with words the policy cannot read (a "
+                                                         "guess) instead of refusing it")
 
     @property
     def zoom_limits(self) -> ZoomLimits:
@@ -75,92 +75,6 @@ class EpisodeConfig(BaseModel):
         return (self.seed * 1_000_003 + zlib.crc32(episode_id.encode())) % 2**31
 
 
-class TurnRecord(BaseModel):
-    """One turn as recorded: what the policy wrote, what it meant, and what it was answered."""
-
-    turn: int
-    raw_text: str
-    thought: str | None = None
-    action: dict[str, Any] | None = None
-    error: str | None = None
-    observation: str
-    observation_image: str | None = None
-    view_box: tuple[int, int, int, int]
-    policy_s: float
-    tool_s: float
-    policy_info: dict[str, Any] = Field(default_factory=dict)
-
-
-FailureKind = Literal["policy", "segmenter", "image"]
-
-
-class Failure(BaseModel):
-    """Why an episode could not be run to its end: the policy could not give a turn (a server down, retries
-    exhausted, a model that crashed), the segmenter crashed, or the image could not be used. A failed
-    episode is not an answer: it is counted apart from the answers and run again on resume."""
-
-    kind: FailureKind
-    reason: str
-
-    def describe(self) -> str:
-        return f"{self.kind}: {self.reason}"
-
-
-class Trajectory(BaseModel):
-    """The JSON record of an episode; ``ledger`` (the policy's ``end_episode`` value) stays in memory.
-
-    How it ended, one of: ``failure`` (not an answer, see ``Failure``), ``stopped`` (cancelled from
-    outside), ``no_target`` (the agent says there is no such object), ``empty`` (its answer is an empty
-    mask although it did not say "no such object"), or a mask, ``submitted`` or left as the last candidate
-    when the turn budget was spent. ``unknown_words`` are the query's words the policy cannot read (a
-    closed-vocabulary policy; see ``segloop.agent.policy.unknown_words``)."""
-
-    episode_id: str
-    thread_id: str
-    query: str
-    image_size: tuple[int, int]
-    policy: str
-    frame: str
-    max_side: int
-    max_turns: int
-    turns: list[TurnRecord] = Field(default_factory=list)
-    submitted: bool = False
-    no_target: bool = False
-    budget_spent: bool = False
-    policy_error: str | None = None
-    failure: Failure | None = None
-    stopped: bool = False  # cancelled from outside (the demo's stop button) before it ended
-    empty: bool = False
-    unknown_words: list[str] = Field(default_factory=list)
-    tool_counts: dict[str, int] = Field(default_factory=dict)
-    invalid_actions: int = 0
-    final_mask_rle: dict[str, Any]
-    final_area_share: float = 0.0
-    seconds: float = 0.0
-    ledger: Any = Field(default=None, exclude=True)
-
-    @property
-    def failed(self) -> bool:
-        return self.failure is not None
-
-    def outcome(self) -> str:
-        """How the episode ended, in a few words: what ``segloop run``, the batch report and the demo say."""
-        turns = f"{len(self.turns)} turn{'s' if len(self.turns) != 1 else ''}"
-        if self.failure is not None:
-            return f"FAILED after {turns} ({self.failure.describe()})"
-        if self.stopped:
-            return f"stopped after {turns}"
-        if self.no_target:
-            return f"no such object (the agent says it is not in the image), {turns}"
-        if self.submitted:
-            if self.empty:
-                return f"submitted an EMPTY mask (without saying 'no such object'), {turns}"
-            return f"submitted a mask of {self.final_area_share:.2%} of the image, {turns}"
-        if self.empty:
-            return f"turn budget spent ({turns}); the last candidate is an EMPTY mask"
-        return f"turn budget spent ({turns}); the last candidate, {self.final_area_share:.2%} of the image, is kept"
-
-
 @dataclass
 class TurnEvent:
     """One streamed turn. ``turn`` counts from 0; ``image`` is what the policy is shown next."""
@@ -168,21 +82,12 @@ class TurnEvent:
     turn: int
     raw_text: str
     thought: str | None
-    action: Any
+    action: Action | None
     call_text: str | None
     error: str | None
     observation: str
     image: np.ndarray | None
     view: View
-
-
-@dataclass
-class EpisodeResult:
-    """The submitted mask (image-sized bool), the record, and the workspace's images by id."""
-
-    mask: np.ndarray
-    trajectory: Trajectory
-    images: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class EpisodeState(TypedDict):
@@ -204,10 +109,11 @@ class EpisodeState(TypedDict):
     submitted: bool
     no_target: bool
     budget_spent: bool
-    policy_error: str | None
     failure: dict[str, str] | None
     tool_counts: dict[str, int]
     invalid_actions: int
+    greedy: bool | None
+    refused: bool
 
 
 class _SegmenterCrashed(Exception):
@@ -216,7 +122,8 @@ class _SegmenterCrashed(Exception):
 
 @dataclass
 class _Workspace:
-    """The pixels of one thread: the image, every picture shown (by id), the decoded candidate."""
+    """The pixels of one thread: the image, every picture shown (by id), the decoded candidate; and the
+    request's last parsed turn and the turns not yet streamed."""
 
     image: np.ndarray
     image_key: str
@@ -229,6 +136,51 @@ class _Workspace:
     candidate: np.ndarray | None = None
     ground_truth: np.ndarray | None = None
     ignore: np.ndarray | None = None
+    # The request's previous turn as parsed by the tools node (each turn's text is parsed once), for the policy.
+    last_turn: ParsedTurn | None = None
+    events: deque[TurnEvent] = field(default_factory=deque)
+
+
+class _ToolEnv:
+    """One turn's episode as its tool sees it (``agent.actions.ToolEnv``): the view stack, the candidate (a new
+    one is encoded for the state) and the segmenter."""
+
+    def __init__(self, ws: _Workspace, views: ViewStack, candidate: np.ndarray | None, segmenter: Segmenter,
+                 image_size: tuple[int, int]) -> None:
+        self.ws, self.views, self.segmenter, self.image_size = ws, views, segmenter, image_size
+        self.image = ws.image
+        self._candidate = candidate
+        self.new_candidate: dict[str, Any] | None = None  # the RLE of a candidate the tool set
+        self.submitted = self.no_target = False
+
+    @property
+    def candidate(self) -> np.ndarray | None:
+        return self._candidate
+
+    @candidate.setter
+    def candidate(self, mask: np.ndarray) -> None:
+        self.new_candidate = rle_encode(mask)
+        self.ws.candidate_counts, self.ws.candidate = self.new_candidate["counts"], mask
+        self._candidate = mask
+
+    def render(self, view: View) -> np.ndarray:
+        return _render(self.ws, view)
+
+    def describe(self, view: View) -> str:
+        """``mask_stats(...).describe()`` of the candidate, computed once per candidate and view."""
+        key = (*view.box.as_tuple(), view.width, view.height)
+        ws = self.ws
+        if ws.stats is None or ws.stats[0] != ws.candidate_counts or ws.stats[1] != key:
+            ws.stats = (ws.candidate_counts or "", key, mask_stats(self._candidate, view, self.image_size).describe())
+        return ws.stats[2]
+
+    async def segment(self, view: View, prompt: Prompt) -> np.ndarray:
+        try:
+            return await asyncio.to_thread(self.segmenter.segment, self.image, self.ws.image_key, view.box, prompt)
+        except SegmenterError:
+            raise  # a prompt the segmenter cannot take: the call is answered with why
+        except Exception as exc:  # the backend itself failed (CUDA, memory, a bug): the episode cannot go on
+            raise _SegmenterCrashed(f"the segmenter failed ({type(exc).__name__}: {exc})"[:300]) from exc
 
 
 class Agent:
@@ -255,7 +207,8 @@ class Agent:
         graph = StateGraph(EpisodeState)
         graph.add_node("policy", self._policy_node)
         graph.add_node("tools", self._tools_node)
-        graph.add_edge(START, "policy")
+        # A request the policy cannot read never reaches it (unless ``EpisodeConfig.guess_unknown_words``).
+        graph.add_conditional_edges(START, _start, {"continue": "policy", "end": END})
         graph.add_conditional_edges("policy", _next, {"continue": "tools", "end": END})
         graph.add_conditional_edges("tools", _next, {"continue": "policy", "end": END})
         return graph.compile(checkpointer=self.checkpointer)
@@ -270,14 +223,14 @@ class Agent:
                 messages=[ChatMessage(**m) for m in state["messages"]], images=ws.images,
                 view=stack.current, view_depth=len(stack.views) - 1, image_size=_size(state),
                 turn=state["turn"], max_turns=state["max_turns"], zoom_limits=self._limits,
-                seed=self.config.episode_seed(state["episode_id"]), candidate=self._candidate(state, ws),
-                ground_truth=ws.ground_truth,
+                seed=self.config.episode_seed(state["episode_id"]), greedy=state["greedy"], last_turn=ws.last_turn,
+                candidate=self._candidate(state, ws), ground_truth=ws.ground_truth,
             )
             answer = await self.policy.act(context)
             text = answer.text if isinstance(answer.text, str) else str(answer.text)
         except Exception as exc:  # a policy failure (server down, bad model) ends the episode, not the caller
             reason = f"{type(exc).__name__}: {exc}"[:500]
-            return {"done": True, "policy_error": reason, "failure": {"kind": "policy", "reason": reason}}
+            return {"done": True, "failure": {"kind": "policy", "reason": reason}}
         policy_s = time.perf_counter() - tic
         messages = [*state["messages"], {"role": "assistant", "content": text, "image_id": None}]
         pending = {"text": text, "policy_s": policy_s, "info": answer.info}
@@ -288,12 +241,13 @@ class Agent:
         stack = self._stack(state)
         pending = state["pending"] or {"text": "", "policy_s": 0.0}
         acting_view = stack.current
-        parsed = parse_turn(pending["text"])
+        parsed = ws.last_turn = parse_turn(pending["text"])
         update: dict[str, Any] = {"pending": None}
         counts = dict(state["tool_counts"])
         tic = time.perf_counter()
-        image: np.ndarray | None = None
+        picture: np.ndarray | None = None
         error: str | None = None
+        env = _ToolEnv(ws, stack, self._candidate(state, ws), self.segmenter, _size(state))
         if parsed.action is None:
             # A policy may say why it has no call for the model to read (a server that refused the turn).
             error = (pending.get("info") or {}).get("observation_error") or (
@@ -301,37 +255,45 @@ class Agent:
         else:
             counts[parsed.action.name] = counts.get(parsed.action.name, 0) + 1
             try:
-                result, image = await self._execute(parsed.action, state, ws, stack, update)
+                result, picture = await parsed.action.run(env)
             except (ViewError, SegmenterError, ValueError) as exc:
                 error = str(exc)
             except _SegmenterCrashed as exc:
                 error = str(exc)
                 update.update(done=True, failure={"kind": "segmenter", "reason": error})
+        if env.new_candidate is not None:
+            update["candidate"] = env.new_candidate
+        if env.submitted:
+            update.update(submitted=True, no_target=env.no_target)
         if error is not None:
             result = prompts.error_text(error)
         turn = state["turn"] + 1
-        done = bool(update.get("submitted")) or bool(update.get("failure"))
+        done = env.submitted or bool(update.get("failure"))
         if not done and turn >= state["max_turns"]:
             update.update(done=True, submitted=False, budget_spent=True)
             done = True
-        if image is None and not done:
-            image = _render(ws, stack.current)  # an error still shows where the policy is
+        if picture is None and not done:
+            picture = _render(ws, stack.current)  # an error, or a tool without a picture, still shows the view
         observation = prompts.observation_text(result, stack.current, state["max_turns"] - turn)
         image_id = None
         image_views = dict(state["image_views"])
-        if image is not None:
+        if picture is not None:
             image_id = f"{state['episode_id']}/turn_{turn:02d}"
-            ws.images[image_id] = image
+            ws.images[image_id] = picture
             image_views[image_id] = list(stack.current.box.as_tuple())
         messages = [*state["messages"], {"role": "tool", "content": observation, "image_id": image_id}]
+        action = parsed.action
         record = TurnRecord(
             turn=state["turn"], raw_text=pending["text"], thought=parsed.thought,
-            action=parsed.action.model_dump(exclude_none=True) if parsed.action is not None else None,
+            action=action.model_dump(exclude_none=True) if action is not None else None,
             error=error, observation=observation,
             observation_image=f"turn_{turn:02d}.png" if image_id else None,
             view_box=acting_view.box.as_tuple(), policy_s=pending["policy_s"], tool_s=time.perf_counter() - tic,
             policy_info=pending.get("info") or {},
         )
+        ws.events.append(TurnEvent(turn=state["turn"], raw_text=pending["text"], thought=parsed.thought,
+                                   action=action, call_text=parsed.call_text, error=error, observation=observation,
+                                   image=picture, view=stack.current))
         update.update(
             messages=messages, image_views=image_views, turn=turn, done=done or bool(update.get("done")),
             records=[*state["records"], record.model_dump()], tool_counts=counts,
@@ -339,55 +301,6 @@ class Agent:
             views=[list(v.box.as_tuple()) for v in stack.views],
         )
         return update
-
-    async def _execute(self, action: Any, state: EpisodeState, ws: _Workspace, stack: ViewStack,
-                       update: dict[str, Any]) -> tuple[str, np.ndarray | None]:
-        """Run one valid action; returns the observation's result line and picture. Refusals raise."""
-        if isinstance(action, ZoomIn):
-            view = stack.zoom_in(action.bbox_2d)
-            return f"Zoomed in on original region {list(view.box.as_tuple())}.", _render(ws, view)
-        if isinstance(action, ZoomOut):
-            view = stack.zoom_out()
-            return "Zoomed out.", _render(ws, view)
-        if isinstance(action, Segment):
-            return await self._segment(action, state, ws, stack.current, update)
-        if isinstance(action, InspectMask):
-            candidate = self._candidate(state, ws)
-            if candidate is None:
-                raise ValueError("there is no candidate mask yet; call segment first")
-            stats = _stats(ws, candidate, stack.current, _size(state))
-            overlay = render_overlay(ws.image, stack.current, candidate, base=_render(ws, stack.current))
-            return f"Candidate: {stats}.", overlay
-        if isinstance(action, Submit):
-            update.update(submitted=True, no_target=action.no_target)
-            if action.no_target:
-                return "Submitted: no such object (empty mask).", None
-            candidate = self._candidate(state, ws)
-            if candidate is None:
-                return "Submitted an empty mask (there was no candidate).", None
-            return f"Submitted the candidate: {_stats(ws, candidate, stack.current, _size(state))}.", None
-        raise ValueError(f"unhandled action {action!r}")
-
-    async def _segment(self, action: Segment, state: EpisodeState, ws: _Workspace, view: View,
-                       update: dict[str, Any]) -> tuple[str, np.ndarray]:
-        box = view.box_to_original(action.bbox_2d) if action.bbox_2d is not None else None
-        points = tuple(view.to_original(*check_point(p, view)) for p in action.points_2d or [])
-        labels = tuple(action.point_labels or [])
-        # Points correct the current candidate (SAM's mask input); a box alone starts afresh.
-        hint = self._candidate(state, ws) if points else None
-        prompt = Prompt(box=box, points=points, point_labels=labels, mask=hint)
-        try:
-            mask = await asyncio.to_thread(self.segmenter.segment, ws.image, ws.image_key, view.box, prompt)
-        except SegmenterError:
-            raise  # a prompt the segmenter cannot take: the call is answered with why
-        except Exception as exc:  # the backend itself failed (CUDA, memory, a bug): the episode cannot go on
-            raise _SegmenterCrashed(f"the segmenter failed ({type(exc).__name__}: {exc})"[:300]) from exc
-        rle = rle_encode(mask)
-        ws.candidate_counts, ws.candidate = rle["counts"], mask
-        update["candidate"] = rle
-        stats = _stats(ws, mask, view, _size(state))
-        overlay = render_overlay(ws.image, view, mask, box=box, points=points, labels=labels, base=_render(ws, view))
-        return f"Segmented: {stats}.", overlay
 
     # -- workspace and views --------------------------------------------------------------------------
     def _workspace(self, state: EpisodeState) -> _Workspace:
@@ -419,12 +332,13 @@ class Agent:
     # -- running --------------------------------------------------------------------------------------
     async def run(self, image: np.ndarray, query: str, *, episode_id: str | None = None,
                   ground_truth: np.ndarray | None = None, ignore: np.ndarray | None = None,
-                  thread_id: str | None = None) -> EpisodeResult:
+                  thread_id: str | None = None, greedy: bool | None = None) -> EpisodeResult:
         """One episode (or, with a checkpointer and a known ``thread_id``, the next request of that
-        conversation); returns its mask and record."""
+        conversation); returns its mask and record. ``greedy`` is what the policy is asked for on every turn
+        (``PolicyContext.greedy``): its most likely action (True), a sample (False), or its own setting."""
         result = None
         async for item in self.stream(image, query, episode_id=episode_id, ground_truth=ground_truth,
-                                      ignore=ignore, thread_id=thread_id):
+                                      ignore=ignore, thread_id=thread_id, greedy=greedy):
             if isinstance(item, EpisodeResult):
                 result = item
         assert result is not None
@@ -432,7 +346,7 @@ class Agent:
 
     async def stream(self, image: np.ndarray, query: str, *, episode_id: str | None = None,
                      ground_truth: np.ndarray | None = None, ignore: np.ndarray | None = None,
-                     thread_id: str | None = None,
+                     thread_id: str | None = None, greedy: bool | None = None,
                      on_stop: Callable[[EpisodeResult], None] | None = None,
                      ) -> AsyncIterator[TurnEvent | EpisodeResult]:
         """The episode as it runs: a ``TurnEvent`` per turn, then the ``EpisodeResult``. If the stream is
@@ -455,7 +369,8 @@ class Agent:
         config = {"configurable": {"thread_id": thread_id}, "recursion_limit": 2 * self.config.max_turns + 10}
         self._running.add(thread_id)
         try:
-            state = await self._start_state(image, query.strip(), episode_id, thread_id, config)
+            refused = not self.config.guess_unknown_words and bool(unknown_words(self.policy, query))
+            state = await self._start_state(image, query.strip(), episode_id, thread_id, config, greedy, refused)
         except BaseException:
             self._running.discard(thread_id)
             raise
@@ -464,14 +379,12 @@ class Agent:
         ws.ignore = None if ignore is None else np.asarray(ignore, dtype=bool)
         started = time.perf_counter()
         final = dict(state)
-        shown_records = len(state["records"])
         ended = False
         try:
             async for update in self.graph.astream(state, config=config, stream_mode="values"):
                 final = update
-                for raw in update["records"][shown_records:]:
-                    yield self._event(TurnRecord(**raw), update, ws)
-                shown_records = len(update["records"])
+                while ws.events:  # the turns the tools node just recorded
+                    yield ws.events.popleft()
             ended = True
         finally:
             self._running.discard(thread_id)
@@ -486,7 +399,7 @@ class Agent:
         yield self._result(final, ws, ledger, time.perf_counter() - started)
 
     async def _start_state(self, image: np.ndarray, query: str, episode_id: str, thread_id: str,
-                           config: dict[str, Any]) -> EpisodeState:
+                           config: dict[str, Any], greedy: bool | None, refused: bool) -> EpisodeState:
         height, width = image.shape[:2]
         previous = None
         if self.checkpointer is not None:
@@ -508,8 +421,8 @@ class Agent:
                 **{**previous, "episode_id": episode_id, "query": query, "turn": 0, "max_turns": self.config.max_turns,
                    "views": [list(view.box.as_tuple())], "candidate": None,
                    "pending": None, "records": [], "done": False, "submitted": False, "no_target": False,
-                   "budget_spent": False, "policy_error": None, "failure": None, "tool_counts": {},
-                   "invalid_actions": 0, "messages": [*previous["messages"], message],
+                   "budget_spent": False, "failure": None, "tool_counts": {}, "invalid_actions": 0,
+                   "greedy": greedy, "refused": refused, "messages": [*previous["messages"], message],
                    "image_views": {**previous["image_views"], picture_id: list(view.box.as_tuple())}},
             )
         stack = ViewStack(width, height, self.policy.max_side, self.policy.frame, self._limits, self._upscale)
@@ -527,7 +440,7 @@ class Agent:
             ],
             image_views={picture_id: list(view.box.as_tuple())}, turn=0, max_turns=self.config.max_turns,
             pending=None, records=[], done=False, submitted=False, no_target=False, budget_spent=False,
-            policy_error=None, failure=None, tool_counts={}, invalid_actions=0,
+            failure=None, tool_counts={}, invalid_actions=0, greedy=greedy, refused=refused,
         )
 
     def _keep_workspace(self, thread_id: str, image: np.ndarray, previous: dict[str, Any] | None) -> None:
@@ -539,6 +452,8 @@ class Agent:
             if previous:
                 for image_id, box in previous["image_views"].items():
                     ws.images[image_id] = _render(ws, self._view(box))
+        ws.last_turn = None  # a new request: its first turn has no previous one
+        ws.events.clear()
         self._workspaces[thread_id] = ws
         self._workspaces.move_to_end(thread_id)
         self._trim_workspaces()
@@ -553,16 +468,6 @@ class Agent:
         for key in idle[: max(0, len(self._workspaces) - self.kept_workspaces)]:
             del self._workspaces[key]
 
-    def _event(self, record: TurnRecord, state: dict[str, Any], ws: _Workspace) -> TurnEvent:
-        parsed = parse_turn(record.raw_text)
-        image_id = f"{state['episode_id']}/turn_{record.turn + 1:02d}" if record.observation_image else None
-        return TurnEvent(
-            turn=record.turn, raw_text=record.raw_text, thought=record.thought, action=parsed.action,
-            call_text=format_call(parsed.action) if parsed.action is not None else parsed.raw_call,
-            error=record.error, observation=record.observation,
-            image=ws.images.get(image_id) if image_id else None, view=self._view(state["views"][-1]),
-        )
-
     def _result(self, state: dict[str, Any], ws: _Workspace, ledger: Any, seconds: float) -> EpisodeResult:
         width, height = _size(state)
         if not state.get("no_target") and state.get("candidate") is not None:
@@ -573,14 +478,15 @@ class Agent:
             rle = rle_encode(mask)
         failure = state.get("failure")
         no_target = bool(state.get("no_target"))
+        refused = bool(state.get("refused"))
         trajectory = Trajectory(
             episode_id=state["episode_id"], thread_id=state["thread_id"], query=state["query"],
             image_size=(width, height), policy=self.policy.name, frame=self.policy.frame,
             max_side=self.policy.max_side, max_turns=state["max_turns"],
             turns=[TurnRecord(**r) for r in state["records"]], submitted=bool(state.get("submitted")),
             no_target=no_target, budget_spent=bool(state.get("budget_spent")),
-            policy_error=state.get("policy_error"), failure=Failure(**failure) if failure else None,
-            empty=not failure and not no_target and not mask.any(),
+            failure=Failure(**failure) if failure else None,
+            refused=refused, empty=not failure and not no_target and not refused and not mask.any(),
             unknown_words=unknown_words(self.policy, state["query"]), tool_counts=dict(state["tool_counts"]),
             invalid_actions=state["invalid_actions"], final_mask_rle=rle,
             final_area_share=np.count_nonzero(mask) / mask.size if mask.size else 0.0, seconds=seconds, ledger=ledger,
@@ -599,12 +505,8 @@ def _render(ws: _Workspace, view: View) -> np.ndarray:
     return picture
 
 
-def _stats(ws: _Workspace, mask: np.ndarray, view: View, image_size: tuple[int, int]) -> str:
-    """``mask_stats(...).describe()`` of the workspace's current candidate ``mask``, computed once per view."""
-    key = (*view.box.as_tuple(), view.width, view.height)
-    if ws.stats is None or ws.stats[0] != ws.candidate_counts or ws.stats[1] != key:
-        ws.stats = (ws.candidate_counts or "", key, mask_stats(mask, view, image_size).describe())
-    return ws.stats[2]
+def _start(state: EpisodeState) -> str:
+    return "end" if state["refused"] else "continue"
 
 
 def _next(state: EpisodeState) -> str:
@@ -614,24 +516,3 @@ def _next(state: EpisodeState) -> str:
 def _size(state: Any) -> tuple[int, int]:
     width, height = state["image_size"]
     return int(width), int(height)
-
-
-def episode_folder(episode_id: str) -> str:
-    """A file-system-safe folder name for an episode or sample id (ids may hold slashes or spaces); a
-    changed id gets a short hash so that "a/b" and "a_b" do not share a folder."""
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", episode_id).strip("._")[:100]
-    if safe == episode_id:
-        return safe
-    return f"{safe or 'sample'}-{hashlib.sha1(episode_id.encode()).hexdigest()[:8]}"
-
-
-def save_episode(result: EpisodeResult, out_dir: str | Path) -> Path:
-    """Write ``trajectory.json``, one ``turn_XX.png`` per pictured turn and ``mask.png``; returns the folder."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for name, picture in result.images.items():
-        if name.startswith("turn_"):
-            save_image(picture, out / f"{name}.png")
-    save_mask(result.mask, out / "mask.png")
-    (out / "trajectory.json").write_text(result.trajectory.model_dump_json(indent=1))
-    return out

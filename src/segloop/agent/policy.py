@@ -14,6 +14,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import numpy as np
 from pydantic import BaseModel
 
+from segloop.agent.parser import ParsedTurn
 from segloop.tools.views import CoordFrame, View, ZoomLimits
 
 Role = Literal["system", "user", "assistant", "tool"]
@@ -41,7 +42,10 @@ class PolicyContext:
     ``candidate`` and ``ground_truth`` are the episode's facts for scripted policies; models must not
     read them (``ground_truth`` is None outside evaluation and expert-data generation). ``seed`` is the
     episode's seed (``EpisodeConfig.episode_seed``): a policy that samples draws from it, so a seeded
-    episode is reproducible whatever runs beside it; None means unseeded.
+    episode is reproducible whatever runs beside it; None means unseeded. ``greedy`` is what the caller of
+    the episode asks for (``Agent.run(..., greedy=...)``): the most likely action (True, evaluation), a sample
+    (False, training rollouts), or None: the policy's own setting. ``last_turn`` is this request's previous
+    turn as the graph parsed it (None on its first turn), so a policy need not parse its own text again.
     """
 
     episode_id: str
@@ -55,6 +59,8 @@ class PolicyContext:
     max_turns: int
     zoom_limits: ZoomLimits = field(default_factory=ZoomLimits)
     seed: int | None = None
+    greedy: bool | None = None
+    last_turn: ParsedTurn | None = None
     candidate: np.ndarray | None = None
     ground_truth: np.ndarray | None = None
 

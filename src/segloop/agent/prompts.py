@@ -1,24 +1,28 @@
 """The words of an episode: the system prompt, the first user turn, and each observation's text.
 
 Tool schemas travel inside the system prompt in the Qwen/Hermes ``<tools>`` form, so every policy
-(in-process chat template, OpenAI-compatible server, scripted) sees the same text.
+(in-process chat template, OpenAI-compatible server, scripted) sees the same text; the task sentence is
+made of each tool's ``usage`` clause (``agent.actions.TOOLS``).
 """
 
 from __future__ import annotations
 
 import json
 
-from segloop.agent.actions import tool_schemas
+from segloop.agent.actions import TOOLS, tool_schemas
 from segloop.tools.views import CoordFrame, View
 
-_TASK = (
-    "You segment what the user asks for in an image by calling tools, one call per turn. "
-    "Look at the image, zoom_in on the region where the target is when it is small, segment it with a box "
-    "around it (add points: label 1 on the target, 0 on background, to correct a mask), inspect_mask to check "
-    "the candidate mask drawn over the view, and submit when it covers exactly the target. If there is no such "
-    "object, call submit with no_target true. You have at most {max_turns} turns; when they run out, the current "
-    "candidate mask is submitted."
-)
+
+def _task(max_turns: int) -> str:
+    """What to do, with each tool's ``usage`` clause in the table's order."""
+    clauses = [tool.usage for tool in TOOLS.values() if tool.usage]
+    steps = ", ".join(clauses[:-1]) + f", and {clauses[-1]}" if len(clauses) > 1 else clauses[0]
+    return (
+        "You segment what the user asks for in an image by calling tools, one call per turn. "
+        f"Look at the image, {steps}. You have at most {max_turns} turns; when they run out, the current "
+        "candidate mask is submitted."
+    )
+
 
 _FRAMES: dict[str, str] = {
     "pixels": (
@@ -47,7 +51,7 @@ def system_prompt(frame: CoordFrame, max_turns: int) -> str:
         raise ValueError(f"unknown coordinate frame {frame!r}; use 'pixels' or 'norm1000'")
     tools = "\n".join(json.dumps(schema) for schema in tool_schemas())
     return "\n\n".join([
-        _TASK.format(max_turns=max_turns),
+        _task(max_turns),
         f"{_TOOLS_HEADER}{tools}\n</tools>",
         _FRAMES[frame],
         _FORMAT.format(),

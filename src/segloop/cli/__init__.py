@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-from segloop.agent.provenance import segloop_version
+from segloop.evaluation.provenance import segloop_version
 
 # name -> (module, one-line help). Nested names ("bench tools") are subcommands of a group.
 COMMANDS: dict[str, tuple[str, str]] = {

@@ -1,5 +1,5 @@
 """``segloop batch --data SPEC --out DIR``: agent episodes over a dataset, at most N in flight, scored and
-resumable (``segloop.agent.batch``): ``trajectories.jsonl``, ``run.json``, ``metrics.json``, ``report.html``.
+resumable (``segloop.evaluation.batch``): ``trajectories.jsonl``, ``run.json``, ``metrics.json``, ``report.html``.
 
 Exit status: 0 when every episode ran to an answer, 1 when any episode failed (a server down, a segmenter
 crash, an unreadable image: re-running the same command runs those again), 2 for a usage error, 130 when
@@ -14,34 +14,19 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from segloop.cli.options import OptionsError, add_config_arguments, config_from_args
+from segloop.cli.agent_options import add_agent_arguments, agent_spec
+from segloop.cli.options import OptionsError
 from segloop.cli.paths import check_out_folder
-from segloop.cli.server_options import add_server_arguments, server_options
 
 # Failure reasons printed in the console summary (all are in metrics.json and report.html).
 SHOWN_FAILURES = 3
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from segloop.agent.episode import EpisodeConfig
-    from segloop.policies import POLICIES
+    from segloop.data.specs import SPEC_HELP
 
-    parser.add_argument("--data", required=True,
-                        help="a manifest, or a dataset spec: reasonseg:DIR, refcoco:ROOT:DATASET:SPLITBY:SPLIT, "
-                             "cod:IMAGES:MASKS, sod:IMAGES:MASKS")
+    parser.add_argument("--data", required=True, help=f"the samples: {SPEC_HELP}")
     parser.add_argument("--out", type=Path, required=True, help="output folder; re-running into it resumes")
-    parser.add_argument("--policy", default="compact", choices=tuple(POLICIES),
-                        help="who chooses the actions (compact: the bundled offline agent)")
-    parser.add_argument("--model", default=None, help="the policy's checkpoint (path or hub id), or the served "
-                                                      "model's name for --policy openai (compact: the bundled one)")
-    parser.add_argument("--max-side", type=int, default=None,
-                        help="longest side of the images the policy is shown (default: the policy's own, "
-                             "1024 for scripted and server policies)")
-    parser.add_argument("--segmenter", default="grabcut", choices=("grabcut", "sam2", "sam2-official"),
-                        help="grabcut needs no weights")
-    parser.add_argument("--segmenter-model", default=None, help="SAM2 checkpoint (hub id or path; default: the "
-                                                                "segmenter's own)")
-    add_config_arguments(parser, EpisodeConfig)
     parser.add_argument("--concurrency", type=int, default=4, help="episodes in flight")
     parser.add_argument("--limit", type=int, default=None, help="only the first K samples (default: all)")
     parser.add_argument("--no-overlays", action="store_true", help="skip the per-episode PNGs")
@@ -49,11 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = ("exit status: 0 every episode answered; 1 some episode FAILED (re-run the same command to run "
                      "those again); 2 usage error; 130 interrupted (the same command resumes)")
     # Evaluations are greedy unless asked otherwise: a score should not depend on sampling luck.
-    add_server_arguments(parser, exclude=("max_side",), defaults={"temperature": 0.0})
+    add_agent_arguments(parser, defaults={"temperature": 0.0})
 
 
 def main(args: argparse.Namespace) -> int:
-    from segloop.agent.batch import BatchError
+    from segloop.evaluation.batch import BatchError
 
     try:
         metrics = asyncio.run(_main(args))
@@ -70,7 +55,7 @@ def main(args: argparse.Namespace) -> int:
 def summary_text(metrics: dict[str, Any], out: Path) -> str:
     """The console summary: what made the results, the table (unless every episode failed), what the
     answers were, and the failures with their first reasons."""
-    from segloop.agent.provenance import flatten
+    from segloop.evaluation.provenance import flatten
     from segloop.tools.masks import format_table
 
     provenance = metrics.get("provenance", {})
@@ -82,7 +67,9 @@ def summary_text(metrics: dict[str, Any], out: Path) -> str:
 
     made_by = ", ".join(f"{k.removeprefix('agent.')}={shown(k, v)}" for k, v in configuration.items()
                         if v not in ({}, []))
-    settings = ", ".join(f"{k}={v}" for k, v in (provenance.get("policy_settings") or {}).items())
+    # Lists and tables (the compact policy's vocabulary) are counted here; metrics.json holds them whole.
+    settings = ", ".join(f"{k}=<{len(v)} entries>" if isinstance(v, (list, dict)) else f"{k}={v}"
+                         for k, v in (provenance.get("policy_settings") or {}).items())
     commit = provenance.get("git_commit") or "no git checkout"
     lines = [f"made by: {made_by}", f"policy settings: {settings}",
              f"segloop {provenance.get('segloop')} ({commit}) on {provenance.get('host')}, "
@@ -94,6 +81,7 @@ def summary_text(metrics: dict[str, Any], out: Path) -> str:
         lines.append(format_table(metrics))
         lines.append(f"answers: {_count(metrics['masks'], 'mask')}, {_count(metrics['empty'], 'EMPTY mask')} "
                      f"(submitted without 'no such object'), {metrics['no_target_answers']} 'no such object'"
+                     + (f", {metrics['refused']} REFUSED (unknown words; no mask)" if metrics.get("refused") else "")
                      + (f"; {failed} FAILED (counted as IoU 0)" if failed else ""))
         lines.append(f"mean turns {metrics['turns']:.2f}, valid actions {metrics['valid_rate']:.2%}, "
                      f"{metrics['episodes_per_s']:.2f} episodes/s")
@@ -105,8 +93,9 @@ def summary_text(metrics: dict[str, Any], out: Path) -> str:
     if metrics.get("unknown_word_queries"):
         words = ", ".join(repr(w) for w in metrics["unknown_words"])
         k = metrics["unknown_word_queries"]
-        lines.append(f"{k} quer{'y has' if k == 1 else 'ies have'} words the policy does not know ({words}): "
-                     "its answers to them are guesses")
+        outcome = ("they were refused (--guess-unknown-words answers them anyway)" if metrics.get("refused")
+                   else "its answers to them are guesses")
+        lines.append(f"{k} quer{'y has' if k == 1 else 'ies have'} words the policy does not know ({words}): {outcome}")
     lines.append(f"results in {out} (metrics.json, report.html)")
     return "\n".join(lines)
 
@@ -117,7 +106,7 @@ def _count(n: int, noun: str) -> str:
 
 def _interrupted(args: argparse.Namespace) -> None:
     """Ctrl-C: how many episodes are saved, and the command that resumes."""
-    from segloop.agent.batch import TRAJECTORIES, BatchError, failed, read_finished
+    from segloop.evaluation.batch import TRAJECTORIES, BatchError, failed, read_finished
 
     try:
         records = read_finished(args.out / TRAJECTORIES)
@@ -136,24 +125,12 @@ def _program() -> list[str]:
     return [sys.executable, "-m", "segloop"]
 
 
-def data_identity(spec: str) -> str:
-    """The data spec as recorded: a path (or a reader spec's paths) made absolute, so the same data given
-    from another folder is the same configuration."""
-    if Path(spec).exists():
-        return str(Path(spec).resolve())
-    head, sep, rest = spec.partition(":")
-    if not sep:
-        return spec
-    parts = [str(Path(p).resolve()) if p and Path(p).exists() else p for p in rest.split(":")]
-    return f"{head}:{':'.join(parts)}"
-
-
 async def _main(args: argparse.Namespace) -> dict[str, Any]:
-    from segloop.agent.batch import BatchError, run_batch
-    from segloop.agent.datasets import load_samples
-    from segloop.agent.episode import EpisodeConfig
     from segloop.agent.policy import unknown_words
-    from segloop.policies import AgentSpec, build_agent, policy_settings, unknown_words_note
+    from segloop.data.specs import load_samples, spec_identity
+    from segloop.evaluation.batch import BatchError, run_batch
+    from segloop.policies.assembly import build_agent
+    from segloop.policies.registry import policy_settings, unknown_words_note
 
     if args.limit is not None and args.limit < 1:
         raise BatchError("--limit must be at least 1")
@@ -161,11 +138,7 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
     samples = load_samples(args.data)[: args.limit]
     if not samples:
         raise BatchError(f"{args.data} holds no samples")
-    options: dict[str, Any] = server_options(args, exclude=("max_side",)) if args.policy == "openai" else {}
-    if args.max_side is not None:
-        options["max_side"] = args.max_side
-    spec = AgentSpec(policy=args.policy, model=args.model, policy_options=options, segmenter=args.segmenter,
-                     segmenter_model=args.segmenter_model, episode=config_from_args(EpisodeConfig, args))
+    spec = agent_spec(args, ground_truth=True)
     agent = build_agent(spec)
     unknown = {s.id: unknown_words(agent.policy, s.query) for s in samples}
     if any(unknown.values()):
@@ -173,7 +146,7 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
         queries = sum(bool(ws) for ws in unknown.values())
         print(f"segloop batch: note: {queries} of {len(samples)} queries: "
               f"{unknown_words_note(agent.policy.name, words[:8])}", file=sys.stderr, flush=True)
-    configuration = {"agent": spec.model_dump(mode="json"), "data": data_identity(args.data)}
+    configuration = {"agent": spec.model_dump(mode="json"), "data": spec_identity(args.data)}
     return await run_batch(agent, samples, args.out, args.concurrency, progress=not args.quiet,
                            save_overlays=not args.no_overlays, configuration=configuration,
                            policy_settings=policy_settings(agent.policy))

@@ -59,7 +59,8 @@ class _TimedPolicy:
 
 def bench(size: int = 2048, episodes: int = 10, max_side: int = 1024, seed: int = 0) -> dict[str, Any]:
     """Per-turn overhead figures (milliseconds) over ``episodes`` oracle episodes on a ``size``² image."""
-    from segloop.agent.episode import Agent, EpisodeConfig, EpisodeResult
+    from segloop.agent.episode import Agent, EpisodeConfig
+    from segloop.agent.records import EpisodeResult
     from segloop.policies.scripted import OraclePolicy
 
     rng = np.random.default_rng(seed)

@@ -121,16 +121,15 @@ def bench_grabcut(repeats: int) -> None:
 
 def score_grabcut_from_boxes(manifest: Path) -> Metrics:
     """GrabCut prompted with each sample's ground-truth box (the best box a policy could give)."""
-    from segloop.agent.datasets import read_manifest
+    from segloop.data.readers import read_manifest
 
     metrics = Metrics()
     segmenter = GrabCutSegmenter()
     samples = read_manifest(manifest)
     for number, sample in enumerate(samples, 1):
-        image = sample.load_image()
+        item = sample.load()
+        image, gt, ignore = item.image, item.mask, item.ignore
         shape = image.shape[:2]
-        gt = sample.load_mask(shape)
-        ignore = sample.load_ignore(shape)
         box = box_of(gt)
         pred = np.zeros(shape, bool)
         start = time.perf_counter()

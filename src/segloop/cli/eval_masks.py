@@ -10,14 +10,17 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", required=True, help="a manifest path or a dataset spec (reasonseg:DIR, ...)")
+    from segloop.data.specs import SPEC_HELP
+
+    parser.add_argument("--data", required=True, help=f"the samples: {SPEC_HELP}")
     parser.add_argument("--pred", required=True, type=Path, help="folder of predicted masks named <sample id>.png")
     parser.add_argument("--out", type=Path, default=None, help="write the metrics JSON here")
 
 
 def main(args: argparse.Namespace) -> int:
-    from segloop.agent.datasets import DatasetError, load_samples
-    from segloop.agent.evaluate import EvaluationError, evaluate_predictions
+    from segloop.data.readers import DatasetError
+    from segloop.data.specs import load_samples
+    from segloop.evaluation.predictions import EvaluationError, evaluate_predictions
     from segloop.tools.images import ImageError
     from segloop.tools.masks import format_table
 

@@ -9,8 +9,9 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", required=True,
-                        help="a manifest (or any --data spec, e.g. synth:DIFFICULTY:SIZE:SEED:N)")
+    from segloop.data.specs import SPEC_HELP
+
+    parser.add_argument("--data", required=True, help=f"the samples: {SPEC_HELP}")
     parser.add_argument("--out", required=True, type=Path, help="parquet file to write")
     parser.add_argument("--split", default="train", help="written into extra_info.split")
     parser.add_argument("--max-side", type=int, default=1024,

@@ -1,4 +1,4 @@
-"""``segloop train cache``: render the views the compact policy's perception learns from, labelled with every object, once
+"""``segloop train cache``: render the views the compact policy's perception learns from, every object labelled, once
 (``segloop.rl.compact.cache``; every field of ``CacheConfig`` is a flag)."""
 
 from __future__ import annotations

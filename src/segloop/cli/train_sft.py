@@ -10,7 +10,7 @@ from segloop.cli.options import OptionsError, add_config_arguments, config_from_
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from segloop.policies import SCRIPTED
+    from segloop.policies.registry import SCRIPTED
     from segloop.rl.sft import SFTConfig
 
     add_config_arguments(parser, SFTConfig, choices={"expert": SCRIPTED})

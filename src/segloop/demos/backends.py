@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from segloop.policies import AgentSpec
+from segloop.policies.assembly import AgentSpec
 
 if TYPE_CHECKING:
     from segloop.agent.episode import Agent
@@ -77,7 +77,7 @@ class Backends:
         """The agent for ``choice``, built (and its model loaded) the first time it is asked for."""
         from langgraph.checkpoint.memory import InMemorySaver
 
-        from segloop.policies import build_agent
+        from segloop.policies.assembly import build_agent
         from segloop.tools.segmenters import build_segmenter
 
         with self._lock:

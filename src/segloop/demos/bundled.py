@@ -1,4 +1,4 @@
-"""The demo's bundled sample images: scenes of the synthetic world (``segloop.agent.synth``), small enough
+"""The demo's bundled sample images: scenes of the synthetic world (``segloop.data.synth``), small enough
 to ship in the package, with the referring query each one was generated with.
 
     python -m segloop.demos.bundled            # rewrites src/segloop/demos/samples/ from CHOSEN
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segloop.agent.synth import generate_scene
+from segloop.data.synth import generate_scene
 from segloop.tools.images import save_image
 
 SAMPLES_DIR = Path(__file__).parent / "samples"
@@ -40,7 +40,7 @@ def bundled_samples() -> list[tuple[Path, str]]:
 
 def shipped_agent_ious(seeds: list[int]) -> list[float]:
     """IoU of the shipped compact agent (greedy, GrabCut, 8 turns) on the scenes of these seeds."""
-    from segloop.policies import AgentSpec, build_agent
+    from segloop.policies.assembly import AgentSpec, build_agent
     from segloop.tools.masks import iou
 
     agent = build_agent(AgentSpec())

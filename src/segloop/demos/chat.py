@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from segloop.agent.records import EpisodeResult, final_picture, save_episode
 from segloop.demos.backends import BackendChoice, Backends
 from segloop.demos.session import DemoSession, image_fingerprint
 from segloop.tools.images import ImageError, load_image, save_image, save_mask
@@ -25,8 +26,6 @@ from segloop.tools.masks import rle_encode
 
 # Longest side of the images shown in the chat: enough to read an overlay, small enough to stream.
 CHAT_IMAGE_SIDE = 512
-# Longest side of the final overlay (the image, the mask outlined, a zoomed inset around a small mask).
-FINAL_SIDE = 1024
 # How often a running request looks whether Stop was clicked, in seconds.
 STOP_POLL_S = 0.05
 
@@ -66,15 +65,6 @@ def _turn_message(event: Any, image_path: Path | None) -> dict[str, Any]:
     return {"role": "assistant", "content": content}
 
 
-def final_overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """The submitted mask over the whole image (at most ``FINAL_SIDE`` pixels on its longer side): a fill
-    with a thick outline and, for a small mask, a zoomed inset around it, so a target a few pixels wide
-    is visible at a glance."""
-    from segloop.tools.overlay import result_picture
-
-    return result_picture(image, mask, max_side=FINAL_SIDE, inset=True)
-
-
 def outcome_text(trajectory: Any, choice: BackendChoice) -> str:
     """One line on how the episode ended."""
     turns = len(trajectory.turns)
@@ -83,6 +73,10 @@ def outcome_text(trajectory: Any, choice: BackendChoice) -> str:
         if trajectory.failure.kind == "policy":
             return describe_policy_error(trajectory.failure.reason, choice)
         return f"The episode failed ({trajectory.failure.kind}): {trajectory.failure.reason}"
+    if trajectory.refused:
+        words = ", ".join(repr(w) for w in trajectory.unknown_words)
+        return (f"REFUSED: the agent cannot read {words}, so it did not answer (no mask). Ask with the words it "
+                "knows, or use a vision-language model backend.")
     if trajectory.submitted:
         if trajectory.no_target:
             return f"Done in {turns} turns: the agent says there is no such object."
@@ -102,7 +96,7 @@ _UNREACHABLE = ("ConnectError", "ConnectTimeout", "ConnectionError", "Connection
 
 
 def describe_policy_error(error: str, choice: BackendChoice) -> str:
-    """A user-facing line for an episode the policy could not finish (``Trajectory.policy_error``)."""
+    """A user-facing line for an episode the policy could not finish (its ``Failure`` of kind "policy")."""
     kind, _, detail = error.partition(": ")
     if choice.kind == "openai":
         if kind in _UNREACHABLE or "connect" in detail.lower():
@@ -178,9 +172,8 @@ async def _run(session: DemoSession, image: np.ndarray, query: str, choice: Back
         yield _stopped(session, [], out_dir / episode_id)
         return
 
-    from segloop.agent.episode import EpisodeResult, save_episode
     from segloop.agent.policy import unknown_words
-    from segloop.policies import unknown_words_note
+    from segloop.policies.registry import unknown_words_note
 
     if words := unknown_words(agent.policy, query):
         note = unknown_words_note(agent.policy.name, words).replace(
@@ -193,7 +186,7 @@ async def _run(session: DemoSession, image: np.ndarray, query: str, choice: Back
     stopped: list[EpisodeResult] = []
 
     def save_stopped(result: EpisodeResult) -> None:
-        save_episode(result, out_dir / episode_id)
+        save_episode(result, out_dir / episode_id, image)
         stopped.append(result)
 
     max_turns = backends.spec.episode.max_turns
@@ -210,7 +203,7 @@ async def _run(session: DemoSession, image: np.ndarray, query: str, choice: Back
                 if isinstance(item, EpisodeResult):
                     # A failed policy may leave its thread mid-turn: do not continue it.
                     session.interrupted = item.trajectory.failure is not None
-                    yield _finish(session, item, image, out_dir, choice, save_episode)
+                    yield _finish(session, item, image, out_dir, choice)
                     return
                 overlay_path = None
                 if item.image is not None:
@@ -262,10 +255,10 @@ def _stopped(session: DemoSession, stopped: list[Any], episode_dir: Path) -> Scr
     return Screen(session.chat, f"{text}{saved} The next request starts a new conversation.", clear=True)
 
 
-def _finish(session: DemoSession, result: Any, image: np.ndarray, out_dir: Path, choice: BackendChoice,
-            save_episode: Any) -> Screen:
+def _finish(session: DemoSession, result: EpisodeResult, image: np.ndarray, out_dir: Path,
+            choice: BackendChoice) -> Screen:
     episode_id = result.trajectory.episode_id
-    episode_dir = Path(save_episode(result, out_dir / episode_id))
+    episode_dir = save_episode(result, out_dir / episode_id, image)
     text = outcome_text(result.trajectory, choice)
     session.chat.append({"role": "assistant", "content": [f"**Result** · {text}"]})
     t = result.trajectory
@@ -276,7 +269,7 @@ def _finish(session: DemoSession, result: Any, image: np.ndarray, out_dir: Path,
     rle_path = session.work_dir / f"{episode_id}_mask_rle.json"
     rle_path.write_text(json.dumps(rle_encode(result.mask)))
     mask_path = save_mask(result.mask, session.work_dir / f"{episode_id}_mask.png")
-    overlay = final_overlay(image, result.mask)
+    overlay = final_picture(image, result.mask)
     return Screen(session.chat, f"{text} Saved to {episode_dir}.", overlay, [str(mask_path), str(rle_path)])
 
 

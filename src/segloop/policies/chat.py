@@ -39,7 +39,7 @@ from typing import Any, Literal
 import numpy as np
 
 from segloop.agent import prompts
-from segloop.agent.actions import format_call, parse_turn
+from segloop.agent.parser import format_call, parse_turn
 from segloop.agent.policy import ChatMessage
 from segloop.tools.encoding import data_url
 

@@ -42,9 +42,9 @@ class _RowSampler:
     """A logits processor that picks every row's next token itself: vision placeholders suppressed, then
     (sampling) temperature, top-p and a draw from the row's own generator, returned as scores that are
     -inf except at the chosen token, so ``generate``'s greedy step takes exactly that token. Greedy rows
-    (``generators`` None) only get the suppression."""
+    (their generator None) only get the suppression."""
 
-    def __init__(self, generators: list[Any] | None, temperature: float, top_p: float, suppress: list[int]) -> None:
+    def __init__(self, generators: list[Any], temperature: float, top_p: float, suppress: list[int]) -> None:
         self.generators = generators
         self.temperature = temperature
         self.top_p = top_p
@@ -56,19 +56,21 @@ class _RowSampler:
         scores = scores.clone()
         if self.suppress:
             scores[:, self.suppress] = -torch.inf
-        if self.generators is None:
+        rows = [row for row, generator in enumerate(self.generators) if generator is not None]
+        if not rows:
             return scores
-        probs = torch.softmax(scores.float() / self.temperature, -1)
+        probs = torch.softmax(scores[rows].float() / self.temperature, -1)
         if self.top_p < 1:
             ordered, order = probs.sort(-1, descending=True)
             # Keep the smallest prefix whose mass reaches top_p (the most likely token always stays).
             drop = ordered.cumsum(-1) - ordered >= self.top_p
             probs = probs.scatter(-1, order, ordered.masked_fill(drop, 0.0))
-        chosen = torch.stack([torch.multinomial(probs[row], 1, generator=generator)[0]
-                              for row, generator in enumerate(self.generators)])
-        forced = torch.full_like(scores, -torch.inf)
-        forced[torch.arange(len(chosen)), chosen] = 0.0
-        return forced
+        chosen = torch.stack([torch.multinomial(probs[i], 1, generator=self.generators[row])[0]
+                              for i, row in enumerate(rows)])
+        forced = torch.full_like(scores[rows], -torch.inf)
+        forced[torch.arange(len(rows)), chosen] = 0.0
+        scores[rows] = forced
+        return scores
 
 
 class TransformersPolicy(LedgerPolicy):
@@ -148,13 +150,16 @@ class TransformersPolicy(LedgerPolicy):
             inputs["mm_token_type_ids"] = ((input_ids == self.processor.image_token_id) & attention.bool()).int()
         return inputs
 
-    def _generators(self, requests: Sequence[GenerateRequest]) -> list[Any] | None:
+    def _generators(self, requests: Sequence[GenerateRequest]) -> list[Any]:
+        """Each request's sampling generator; None for a greedy one (its own ``greedy``, else the policy's)."""
         import torch
 
-        if self.greedy:
-            return None
         generators = []
         for request in requests:
+            greedy = self.greedy if request.greedy is None else request.greedy
+            if greedy:
+                generators.append(None)
+                continue
             # Unseeded episodes draw their seed from torch's global generator (so torch.manual_seed governs them).
             seed = (request.seed * 1000 + request.turn if request.seed is not None
                     else int(torch.randint(0, 2**62, (1,)).item()))

@@ -19,12 +19,13 @@ context exactly as in ``act``, then records ``text`` as its decision; log-probs 
 have produced are the student's business: a language model tokenises it, the compact policy maps the
 parsed action to its parts and raises ``ValueError`` for an action it cannot express).
 
-Loading. ``save_pretrained(dir)`` writes a directory that ``load_learnable(dir)`` reads back without
-being told which kind of policy it holds: a ``config.json`` whose ``"segloop_policy"`` is ``"compact"``
-is the compact policy; any other directory is a transformers checkpoint for ``policies.hf``. Options
-given to ``load_learnable`` go to the policy's ``from_pretrained``: the trainers pass ``lora_rank``
-(int, wrap the model in a peft LoRA adapter) and ``gradient_checkpointing`` (bool) only when the user
-asks for them; a policy that cannot honour one raises ``ValueError`` naming it.
+Loading. ``save_pretrained(dir)`` writes a directory that ``policies.registry.load_learnable(dir)`` reads
+back without being told which kind of policy it holds (the ``"segloop_policy"`` key of its ``config.json``).
+The trainers pass ``lora_rank`` (int, wrap the model in a peft LoRA adapter) and ``gradient_checkpointing``
+(bool) only when the user asks for them; a policy that cannot honour one raises ``ValueError`` naming it.
+
+Sampling. Whether a turn samples (training rollouts) or takes the most likely action (evaluation) is asked per
+episode, in ``PolicyContext.greedy``; no caller sets it on the policy.
 """
 
 from __future__ import annotations
@@ -65,13 +66,11 @@ class DecisionLogProbs:
 
 @runtime_checkable
 class LearnablePolicy(Policy, Protocol):
-    """A ``Policy`` the trainers can train. ``greedy`` switches act() between sampling (rollouts) and
-    the most likely action (evaluation); the trainers set it."""
+    """A ``Policy`` the trainers can train."""
 
     name: str
     frame: CoordFrame
     max_side: int
-    greedy: bool
 
     def parameters(self) -> Iterable[torch.nn.Parameter]:
         """The trainable parameters (with LoRA: the adapter's only)."""
@@ -92,30 +91,6 @@ class LearnablePolicy(Policy, Protocol):
     def save_pretrained(self, directory: str | Path) -> None:
         """Write the policy as a directory ``load_learnable`` reads back."""
         ...
-
-
-def load_learnable(directory: str | Path, *, seed: int | None = None, **options: Any) -> LearnablePolicy:
-    """The learnable policy saved in ``directory``, whichever kind it is. ``seed`` seeds a compact policy's
-    own generator (language models sample from torch's, which the trainers seed)."""
-    import json
-
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise FileNotFoundError(f"no model directory at {directory}")
-    config_path = directory / "config.json"
-    kind = None
-    if config_path.is_file():
-        try:
-            kind = json.loads(config_path.read_text()).get("segloop_policy")
-        except (json.JSONDecodeError, AttributeError) as exc:
-            raise ValueError(f"{config_path} is not a JSON object: {exc}") from None
-    if kind == "compact":
-        from segloop.policies.compact import CompactPolicy
-
-        return CompactPolicy.from_pretrained(directory, **options, **({} if seed is None else {"seed": seed}))
-    from segloop.policies.hf import TransformersPolicy
-
-    return TransformersPolicy.from_pretrained(directory, **options)
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

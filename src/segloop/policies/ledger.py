@@ -61,13 +61,15 @@ class TokenLedger:
 
 @dataclass
 class GenerateRequest:
-    """One turn to generate: the episode's ledger so far (ending in the generation prompt), and the seed
-    and turn that make seeded sampling reproducible."""
+    """One turn to generate: the episode's ledger so far (ending in the generation prompt), the seed and turn
+    that make seeded sampling reproducible, and whether the caller asks for greedy decoding
+    (``PolicyContext.greedy``; None: the generator's own setting)."""
 
     episode_id: str
     ledger: TokenLedger
     seed: int | None
     turn: int
+    greedy: bool | None = None
 
 
 @dataclass
@@ -235,7 +237,7 @@ class LedgerPolicy:
     async def act(self, context: PolicyContext) -> PolicyTurn:
         episode = self._sync(context)
         out = await self._generate_turn(GenerateRequest(context.episode_id, episode.ledger, context.seed,
-                                                        context.turn))
+                                                        context.turn, context.greedy))
         if len(out.ids) != len(out.logprobs):
             raise ValueError(f"the generator returned {len(out.ids)} ids but {len(out.logprobs)} log-probs")
         return self._record(episode, out.ids, out.logprobs)
@@ -245,7 +247,7 @@ class LedgerPolicy:
         does on states another policy drives to; ``act`` or ``imitate`` records the turn taken)."""
         episode = self._sync(context)
         out = await self._generate_turn(GenerateRequest(context.episode_id, episode.ledger, context.seed,
-                                                        context.turn))
+                                                        context.turn, context.greedy))
         return self.tokenizer.decode(out.ids, skip_special_tokens=True)
 
     def _record(self, episode: _Episode, ids: list[int], logprobs: list[float]) -> PolicyTurn:

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from segloop.agent.actions import InspectMask, Segment, Submit, ZoomIn, ZoomOut, format_call, parse_turn
+from segloop.agent.actions import InspectMask, Segment, Submit, ZoomIn, ZoomOut
+from segloop.agent.parser import format_call
 from segloop.agent.policy import PolicyContext, PolicyTurn
 from segloop.tools.masks import box_of, iou
 from segloop.tools.views import DEFAULT_MAX_SIDE, CoordFrame, View, ZoomLimits
@@ -52,11 +53,10 @@ def _turn(thought: str, action: object) -> PolicyTurn:
 
 
 def _last_action(context: PolicyContext) -> str | None:
-    for message in reversed(context.messages):
-        if message.role == "assistant":
-            parsed = parse_turn(message.content)
-            return parsed.action.name if parsed.action is not None else "error"
-    return None
+    """The tool of the request's previous turn ("error" for an invalid one; None on its first turn)."""
+    if context.last_turn is None:
+        return None
+    return context.last_turn.action.name if context.last_turn.action is not None else "error"
 
 
 def _inside(box: tuple[int, int, int, int], view: View) -> bool:

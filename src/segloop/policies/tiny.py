@@ -77,7 +77,8 @@ def _corpus(seed: int) -> list[str]:
     """Text like what the model reads and writes: the agent's prompts and observations, tool calls with
     random coordinates, referring expressions, chat-template scaffolding."""
     from segloop.agent import prompts
-    from segloop.agent.actions import InspectMask, Segment, Submit, ZoomIn, ZoomOut, format_call
+    from segloop.agent.actions import InspectMask, Segment, Submit, ZoomIn, ZoomOut
+    from segloop.agent.parser import format_call
     from segloop.tools.views import full_view
 
     rng = random.Random(seed)

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from segloop.data.specs import SPEC_HELP
 from segloop.rl.rewards import RewardConfig
 
 if TYPE_CHECKING:
@@ -49,8 +50,9 @@ class GRPOConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: Path = Field(description="learnable policy directory to start from")
-    data: str = Field(description="training samples: a manifest, a reader spec or synth:DIFFICULTY:SIZE:SEED:N[:RATE]")
-    eval_data: str | None = Field(None, description="held-out samples scored every --eval-every steps")
+    data: str = Field(description=f"training samples: {SPEC_HELP}")
+    eval_data: str | None = Field(None, description="held-out samples scored every --eval-every steps (a data "
+                                                    "spec, as --data)")
     out: Path = Field(description="output directory (logs, curves, checkpoint/, final/)")
     segmenter: str = Field("grabcut", description="segmenter of the rollouts")
     steps: int = Field(100, ge=0, description="GRPO steps (one rollout and update each)")
@@ -142,7 +144,7 @@ def policy_loss(policy: LearnablePolicy, records: list, advantages: torch.Tensor
 
 
 def _load(config: GRPOConfig, directory: Path) -> LearnablePolicy:
-    from segloop.policies.learnable import load_learnable
+    from segloop.policies.registry import load_learnable
 
     options: dict[str, Any] = {"seed": config.seed}
     if config.lora_rank is not None:
@@ -156,11 +158,12 @@ def train(config: GRPOConfig, resume: bool = False) -> dict[str, Any]:
     import torch
 
     from segloop.agent.episode import EpisodeConfig
-    from segloop.agent.stats import episode_stats, search_stats
-    from segloop.policies import AgentSpec, build_agent
+    from segloop.data.specs import first_items, load_items
+    from segloop.evaluation.stats import episode_stats, search_stats
+    from segloop.policies.assembly import AgentSpec, build_agent
     from segloop.rl.curves import CurveLog, plot_curves
     from segloop.rl.rewards import episode_reward
-    from segloop.rl.rollout import EVAL_COLUMNS, eval_row, evaluate, first_items, items, peak_memory_mb, run_episodes
+    from segloop.rl.rollout import EVAL_COLUMNS, eval_row, evaluate, peak_memory_mb, run_episodes
 
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
@@ -187,7 +190,7 @@ def train(config: GRPOConfig, resume: bool = False) -> dict[str, Any]:
         (config.out / "grpo_log.csv").unlink(missing_ok=True)
     (config.out / "grpo_config.json").write_text(config.model_dump_json(indent=1))
 
-    train_items = items(config.data)
+    train_items = load_items(config.data)
     eval_items = first_items(config.eval_data, config.eval_n) if config.eval_data else []
     spec = AgentSpec(segmenter=config.segmenter, episode=EpisodeConfig(max_turns=config.max_turns, seed=config.seed))
     agent = build_agent(spec, policy=policy)
@@ -216,11 +219,10 @@ def train(config: GRPOConfig, resume: bool = False) -> dict[str, Any]:
 
     for step in range(start_step + 1, config.steps + 1):
         policy.train(False)
-        policy.greedy = False
         prompts = rng.sample(train_items, min(config.prompts_per_step, len(train_items)))
         jobs = [(item, f"s{step}-p{p}-g{g}") for p, item in enumerate(prompts) for g in range(config.group_size)]
         tic = time.perf_counter()
-        results = asyncio.run(run_episodes(agent, jobs, concurrency=len(jobs)))
+        results = asyncio.run(run_episodes(agent, jobs, concurrency=len(jobs), greedy=False))
         rollout_s = time.perf_counter() - tic
         breakdowns = [episode_reward(r, item.mask, item.ignore, config.reward) for r, (item, _) in zip(results, jobs,
                                                                                                      strict=True)]

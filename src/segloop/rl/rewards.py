@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from segloop.tools.masks import iou as mask_iou
 
 if TYPE_CHECKING:
-    from segloop.agent.episode import EpisodeResult
+    from segloop.agent.records import EpisodeResult
 
 # SAM-R1's tiers: (IoU strictly above, reward), checked in order; below the last -> 0.
 TIERS: tuple[tuple[float, float], ...] = ((0.8, 4.0), (0.7, 3.0), (0.5, 2.0))

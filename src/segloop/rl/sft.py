@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from segloop.data.specs import SPEC_HELP
+
 if TYPE_CHECKING:
     import torch
 
@@ -46,8 +48,9 @@ class SFTConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    data: str = Field(description="training samples: a manifest, a reader spec or synth:DIFFICULTY:SIZE:SEED:N[:RATE]")
-    eval_data: str | None = Field(None, description="held-out samples scored every --eval-every steps")
+    data: str = Field(description=f"training samples: {SPEC_HELP}")
+    eval_data: str | None = Field(None, description="held-out samples scored every --eval-every steps (a data "
+                                                    "spec, as --data)")
     out: Path = Field(description="output directory (logs, curves, checkpoints)")
     model: Path | None = Field(None, description="a learnable policy directory to start from")
     init: Literal["compact"] | None = Field(None, description="start from a fresh compact policy instead")
@@ -176,7 +179,7 @@ def collect_records(agent: Agent, items: list, prefix: str = "expert") -> tuple[
     """The student's records of the episodes over ``items`` (``agent`` runs an ``ExpertForcing`` or a
     ``DAggerForcing`` policy), and what those episodes did: their mean IoU (``giou``) and the
     ``agent.stats`` figures."""
-    from segloop.agent.stats import episode_stats, search_stats
+    from segloop.evaluation.stats import episode_stats, search_stats
     from segloop.rl.rollout import run_episodes
     from segloop.tools.masks import iou
 
@@ -198,7 +201,7 @@ def sft_loss(policy: LearnablePolicy, records: list) -> torch.Tensor:
 
 
 def build_student(config: SFTConfig) -> LearnablePolicy:
-    from segloop.policies.learnable import load_learnable
+    from segloop.policies.registry import load_learnable
 
     if config.model is not None and config.init is not None:
         raise ValueError("give either --model (a checkpoint) or --init (a fresh policy), not both")
@@ -212,7 +215,7 @@ def build_student(config: SFTConfig) -> LearnablePolicy:
 
 
 def build_expert(name: str, student: LearnablePolicy, options: dict[str, Any]) -> Policy:
-    from segloop.policies import build_policy
+    from segloop.policies.registry import build_policy
 
     return build_policy(name, max_side=student.max_side, **options)
 
@@ -221,15 +224,17 @@ def train(config: SFTConfig) -> dict[str, Any]:
     import torch
 
     from segloop.agent.episode import EpisodeConfig
-    from segloop.policies import AgentSpec, build_agent
+    from segloop.data.specs import decode, first_items, load_samples
+    from segloop.policies.assembly import AgentSpec, build_agent
     from segloop.rl.curves import CurveLog, plot_curves
-    from segloop.rl.rollout import EVAL_COLUMNS, SynthItems, eval_row, evaluate, first_items, items, peak_memory_mb
+    from segloop.rl.rollout import EVAL_COLUMNS, eval_row, evaluate, peak_memory_mb
 
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     config.out.mkdir(parents=True, exist_ok=True)
     (config.out / "sft_config.json").write_text(config.model_dump_json(indent=1))
-    data = items(config.data)
+    samples = load_samples(config.data)
+    data = decode(samples)
     eval_items = first_items(config.eval_data, config.eval_n) if config.eval_data else []
     student = build_student(config)
     expert = build_expert(config.expert, student, config.expert_options)

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from segloop.agent.actions import Segment, Submit, ZoomIn, ZoomOut, format_call, parse_turn
+from segloop.agent.actions import Segment, Submit, ZoomIn, ZoomOut
+from segloop.agent.parser import format_call, parse_turn
 
 if TYPE_CHECKING:
     from segloop.tools.views import View

@@ -113,7 +113,7 @@ class DecisionNet(nn.Module):
         width = batch["sizes"][rows, 0, :, cell] + self.size_offset[0]
         height = batch["sizes"][rows, 1, :, cell] + self.size_offset[1]
         point = self.point(torch.cat([cells[rows, cell], batch["scalars"]], 1))
-        grid = int(round(area**0.5))
+        grid = round(area**0.5)
         ys, xs = torch.arange(area) // grid, torch.arange(area) % grid
         distance = ((xs[None] - (cell % grid)[:, None]) ** 2 + (ys[None] - (cell // grid)[:, None]) ** 2).float()
         point_cell = self.point_cell(torch.cat([cells, (distance / grid)[..., None]], 2))[..., 0]

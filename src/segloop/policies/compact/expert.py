@@ -15,7 +15,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from segloop.agent.actions import Segment, Submit, ZoomIn, ZoomOut, format_call
+from segloop.agent.actions import Segment, Submit, ZoomIn, ZoomOut
+from segloop.agent.parser import format_call
 from segloop.agent.policy import PolicyContext, PolicyTurn
 from segloop.policies.scripted import deepest_point, model_box, zoom_region
 from segloop.tools.masks import box_of, iou

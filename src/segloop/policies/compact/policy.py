@@ -35,7 +35,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from segloop.agent.actions import parse_turn
 from segloop.agent.policy import PolicyContext, PolicyTurn
 from segloop.policies.batching import TurnBatcher
 from segloop.policies.compact import actions
@@ -120,10 +119,17 @@ class _Request:
     view: View
     depth: int
     image: torch.Tensor | None  # the view at perception's input size, when not perceived yet
+    magnification: float        # perception's scale input for the view
     scalars: dict[str, float]   # the episode-level scalars act() read from the context
     candidate: np.ndarray       # (G*G,) share of each cell the candidate covers
     forced: torch.Tensor | None  # parts to record instead of choosing (imitation)
     greedy: bool
+
+
+def magnification(view_box: Box, image_size: tuple[int, int]) -> float:
+    """Perception's scale input: log2 of the image's longest side over the view's, / 4 (0 for the full view)."""
+    x1, y1, x2, y2 = view_box
+    return math.log2(max(image_size) / max(x2 - x1, y2 - y1)) / 4
 
 
 def perception_input(picture: np.ndarray, size: int) -> torch.Tensor:
@@ -185,7 +191,8 @@ class CompactPolicy:
         except FileNotFoundError as exc:
             raise FileNotFoundError(f"{directory} is not a compact policy directory: {exc.filename} missing") from None
         except ValueError as exc:
-            raise ValueError(f"{directory}: not a config of this version's compact policy ({exc}); retrain it "
+            first = str(exc).splitlines()[0]
+            raise ValueError(f"{directory}: not a config of this version's compact policy ({first}); retrain it "
                              "(scripts/train_default_agent.sh)") from None
         networks = cls.build_networks(config)
         try:
@@ -271,16 +278,11 @@ class CompactPolicy:
     def _request(self, context: PolicyContext, forced: torch.Tensor | None, greedy: bool) -> _Request:
         """Everything a turn's decision needs from the context (following the episode's views as it goes)."""
         episode = self._episode(context)
-        last_tool, last_error = "none", False
-        for message in reversed(context.messages):
-            if message.role == "user":  # a follow-up request starts afresh: earlier requests' turns do not count
-                break
-            if message.role == "tool":
-                last_error = message.content.startswith("Error")
-            if message.role == "assistant":
-                action = parse_turn(message.content).action
-                last_tool = "error" if action is None else "submit" if action.name == "submit" else action.name
-                break
+        last_tool, last_error = "none", False  # also for a follow-up request: earlier requests' turns do not count
+        if (last := context.last_turn) is not None:
+            last_tool = "error" if last.action is None else last.action.name
+            answer = context.messages[-1]
+            last_error = last.action is None or (answer.role == "tool" and answer.content.startswith("Error"))
         self._follow(episode, context, last_error)
         view, grid = context.view, self.config.grid
         image = None
@@ -295,12 +297,13 @@ class CompactPolicy:
         if has_candidate:
             candidate = coverage(resize_mask_to_view(context.candidate, view), grid)
         turns_left = context.max_turns - context.turn
+        last = last_tool if last_tool in ("zoom_in", "zoom_out", "segment", "submit", "error") else "none"
         scalars = {"has_candidate": float(has_candidate), "last_failed": float(last_error),
-                   "candidate_empty": float(last_tool == "segment" and not has_candidate),
-                   f"last_{last_tool if last_tool in ('zoom_in', 'zoom_out', 'segment', 'submit', 'error') else 'none'}": 1.0,
+                   "candidate_empty": float(last_tool == "segment" and not has_candidate), f"last_{last}": 1.0,
                    f"zooms_{min(episode.zooms, 3)}": 1.0, f"turns_left_{min(max(turns_left, 1), 4)}": 1.0,
                    f"kind_{episode.slots.kind}": 1.0}
-        return _Request(episode, view, context.view_depth, image, scalars, candidate, forced, greedy)
+        scale = magnification(view.box.as_tuple(), context.image_size)
+        return _Request(episode, view, context.view_depth, image, scale, scalars, candidate, forced, greedy)
 
     def features(self, request: _Request) -> TurnFeatures:
         """The turn's features (``decisions.py``) from the episode's belief and the current view's maps."""
@@ -413,7 +416,8 @@ class CompactPolicy:
                 todo = [r for r in requests if r.image is not None and (r.depth > 0) == (depth > 0)]
                 if not todo:
                     continue
-                out = self.perception(depth)(torch.stack([r.image for r in todo]).to(self.device))
+                out = self.perception(depth)(torch.stack([r.image for r in todo]).to(self.device),
+                                             torch.tensor([r.magnification for r in todo], device=self.device))
                 for row, request in enumerate(todo):
                     maps = {k: v[row].cpu() for k, v in out.items()}
                     box = request.view.box.as_tuple()
@@ -449,7 +453,7 @@ class CompactPolicy:
         return PolicyTurn(text=text)
 
     async def act(self, context: PolicyContext) -> PolicyTurn:
-        request = self._request(context, None, self.greedy)
+        request = self._request(context, None, self.greedy if context.greedy is None else context.greedy)
         decision, text = await self.batcher.submit(request)
         return self._record(request.episode, decision, text)
 

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from segloop.agent.synth import COLOURS, FILLS, HEAD_ANY, RELATIONS, SHAPES, SIZES, SUPERLATIVES, NounPhrase
+from segloop.data.synth import COLOURS, FILLS, HEAD_ANY, RELATIONS, SHAPES, SIZES, SUPERLATIVES, NounPhrase
 
 # Words that carry no content for this world; anything else outside the vocabulary is unknown.
 FUNCTION_WORDS = frozenset({"the", "a", "an", "one", "only"})

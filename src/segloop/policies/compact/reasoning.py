@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from segloop.agent.synth import AREA_MARGIN, COLOURS, FILLS, LOOSE, NEAR_MARGIN, SHAPES, SIZES, STRICT, NounPhrase
+from segloop.data.synth import AREA_MARGIN, COLOURS, FILLS, LOOSE, NEAR_MARGIN, SHAPES, SIZES, STRICT, NounPhrase
 from segloop.policies.compact.query import QuerySlots
 
 ATTRIBUTES: dict[str, tuple[str, ...]] = {"shape": SHAPES, "colour": tuple(COLOURS), "fill": FILLS, "size": SIZES}

@@ -13,8 +13,9 @@ a view is a label (``LABEL_COLUMNS``): where its centre is, its box and its attr
 and objects are kept too (``scenes.jsonl``), for the probes.
 
 Layout: ``config.json`` (what made it: data, seed, the policy config, counts, time), ``root.npy`` (N, 3, R, R)
-and ``zoom.npy`` (M, 3, Z, Z) uint8, ``root_labels.npy`` / ``zoom_labels.npy`` float32 rows of
-``LABEL_COLUMNS``, ``scenes.jsonl``.
+and ``zoom.npy`` (M, 3, Z, Z) uint8, ``root_magnification.npy`` / ``zoom_magnification.npy`` (perception's
+scale input per view), ``root_labels.npy`` / ``zoom_labels.npy`` float32 rows of ``LABEL_COLUMNS``,
+``scenes.jsonl``.
 """
 
 from __future__ import annotations
@@ -30,9 +31,10 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from segloop.agent.synth import COLOURS, FILLS, SHAPES, SIZES, SceneObject, generate_scene, object_box, scene_seed
+from segloop.data.specs import SynthSamples, load_samples
+from segloop.data.synth import COLOURS, FILLS, SHAPES, SIZES, SceneObject, generate_scene, object_box, scene_seed
 from segloop.policies.compact import CompactConfig
-from segloop.policies.compact.policy import perception_input
+from segloop.policies.compact.policy import magnification, perception_input
 from segloop.policies.scripted import model_box, zoom_region
 from segloop.tools.views import ViewError, ViewStack, ZoomLimits, render_view
 
@@ -107,6 +109,8 @@ def zoom_views(stack: ViewStack, image_size: tuple[int, int], box: tuple[float, 
 class _Shard:
     root: list[np.ndarray]
     zoom: list[np.ndarray]
+    root_magnification: list[float]
+    zoom_magnification: list[float]
     root_labels: list[list[float]]
     zoom_labels: list[list[float]]
     scenes: list[dict[str, Any]]
@@ -117,14 +121,12 @@ def _build_shard(args: tuple[dict[str, Any], str, int, int, int]) -> _Shard:
     import cv2
     import torch
 
-    from segloop.rl.rollout import SynthItems, items
-
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     config = CompactConfig.model_validate(config_fields)
-    spec = items(data)
-    assert isinstance(spec, SynthItems)
-    shard = _Shard([], [], [], [], [])
+    spec = load_samples(data)
+    assert isinstance(spec, SynthSamples)
+    shard = _Shard([], [], [], [], [], [], [])
     for index in range(start, stop):
         made = generate_scene(scene_seed(spec.seed, index), spec.size, spec.difficulty, spec.no_target_rate)
         objects = made.meta["objects"]
@@ -133,6 +135,7 @@ def _build_shard(args: tuple[dict[str, Any], str, int, int, int]) -> _Shard:
         stack = ViewStack(width, height, config.max_side)
         shard.root_labels += labels(objects, stack.current.box.as_tuple(), len(shard.root))
         shard.root.append(perception_input(render_view(made.image, stack.current), config.root_input).numpy())
+        shard.root_magnification.append(magnification(stack.current.box.as_tuple(), (width, height)))
         picks = {"target": 0 if made.mask is not None else None, "lookalike": lookalike(objects, rng),
                  "random": int(rng.integers(len(objects)))}
         zooms = []
@@ -146,6 +149,7 @@ def _build_shard(args: tuple[dict[str, Any], str, int, int, int]) -> _Shard:
             box = view.box.as_tuple()
             shard.zoom_labels += labels(objects, box, len(shard.zoom))
             shard.zoom.append(perception_input(render_view(made.image, view), config.zoom_input).numpy())
+            shard.zoom_magnification.append(magnification(box, (width, height)))
             zooms.append({"name": name, "object": obj, "box": list(box), "row": len(shard.zoom) - 1})
         shard.scenes.append({"scene": index, "width": width, "height": height, "query": made.query,
                              "kind": made.meta["kind"],
@@ -155,11 +159,9 @@ def _build_shard(args: tuple[dict[str, Any], str, int, int, int]) -> _Shard:
 
 def build(config: CacheConfig) -> dict[str, Any]:
     """Write the cache ``config`` describes; returns its summary (also its ``config.json``)."""
-    from segloop.rl.rollout import SynthItems, items
-
     policy_config = CompactConfig(**config.compact_options)
-    spec = items(config.data)
-    if not isinstance(spec, SynthItems):
+    spec = load_samples(config.data)
+    if not isinstance(spec, SynthSamples):
         raise ValueError("the perception cache is made from synth:... scenes")
     config.out.mkdir(parents=True, exist_ok=True)
     cpu, wall = time.process_time(), time.perf_counter()
@@ -188,6 +190,9 @@ def build(config: CacheConfig) -> dict[str, Any]:
         zoom_offset += len(shard.zoom)
     np.save(config.out / "root.npy", np.stack([v for s in shards for v in s.root]))
     np.save(config.out / "zoom.npy", np.stack([v for s in shards for v in s.zoom]))
+    for kind in ("root", "zoom"):
+        values = [v for s in shards for v in getattr(s, f"{kind}_magnification")]
+        np.save(config.out / f"{kind}_magnification.npy", np.array(values, dtype=np.float32))
     np.save(config.out / "root_labels.npy", np.array(root_labels, dtype=np.float32).reshape(-1, len(LABEL_COLUMNS)))
     np.save(config.out / "zoom_labels.npy", np.array(zoom_labels, dtype=np.float32).reshape(-1, len(LABEL_COLUMNS)))
     with (config.out / "scenes.jsonl").open("w") as handle:
@@ -218,6 +223,7 @@ class PerceptionCache:
         except FileNotFoundError:
             raise FileNotFoundError(f"{self.directory} is not a perception cache (segloop train cache)") from None
         self.images = {k: np.load(self.directory / f"{k}.npy", mmap_mode="r") for k in ("root", "zoom")}
+        self.magnification = {k: np.load(self.directory / f"{k}_magnification.npy") for k in ("root", "zoom")}
         self.labels = {}
         for kind in ("root", "zoom"):
             rows = np.load(self.directory / f"{kind}_labels.npy")

@@ -137,7 +137,8 @@ def probe(policy: CompactPolicy, cache: PerceptionCache, n: int) -> dict[str, fl
     def maps_of(kind: str, rows: list[int]) -> dict[str, torch.Tensor]:
         net: PerceptionNet = policy.perception(0 if kind == "root" else 1)
         with torch.no_grad():
-            return net(torch.from_numpy(np.stack([cache.images[kind][r] for r in rows])))
+            return net(torch.from_numpy(np.stack([cache.images[kind][r] for r in rows])),
+                       torch.from_numpy(cache.magnification[kind][rows]))
 
     for start in range(0, len(scenes), 64):
         chunk = scenes[start: start + 64]
@@ -256,7 +257,9 @@ def train(config: PretrainConfig) -> dict[str, Any]:
             rows = np.sort(rng.choice(len(cache.images[kind]), config.batch, replace=False))
             images, labels = symmetric(torch.from_numpy(np.stack([cache.images[kind][r] for r in rows])),
                                        [cache.labels[kind][r] for r in rows], int(rng.integers(8)))
-            loss = perception_loss(net(images), labels, policy.config.grid, policy.shares, config.objectness_weight)
+            scale = torch.from_numpy(cache.magnification[kind][rows])
+            loss = perception_loss(net(images, scale), labels, policy.config.grid, policy.shares,
+                                   config.objectness_weight)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(list(net.parameters()), config.max_grad_norm)
             losses[kind].append(loss.item())

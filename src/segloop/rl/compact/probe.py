@@ -19,15 +19,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from segloop.agent.actions import ZoomIn, format_call, parse_turn
+from segloop.agent.actions import ZoomIn
+from segloop.agent.parser import format_call, parse_turn
 from segloop.agent.policy import ChatMessage, PolicyContext
-from segloop.agent.synth import generate_scene, scene_seed
+from segloop.data.specs import SynthSamples, load_samples
+from segloop.data.synth import generate_scene, scene_seed
 from segloop.policies.compact import CompactPolicy
 from segloop.policies.compact.actions import PART, TOOL, call_text
 from segloop.policies.compact.decisions import stack
 from segloop.policies.scripted import model_box
 from segloop.rl.compact.cache import PerceptionCache
-from segloop.rl.rollout import SynthItems, items
 from segloop.tools.views import PixelBox, View, ViewError, ViewStack, model_size, render_view, zoom_in
 
 
@@ -56,8 +57,8 @@ def probe(policy: CompactPolicy, cache: PerceptionCache, n: int) -> dict[str, fl
     """The figures of the module docstring on the first ``n`` scenes of ``cache`` (its ``data`` regenerated)."""
     from segloop.tools.masks import box_of
 
-    spec = items(cache.summary["data"])
-    assert isinstance(spec, SynthItems)
+    spec = load_samples(cache.summary["data"])
+    assert isinstance(spec, SynthSamples)
     greedy = policy.greedy
     policy.greedy = True
     policy.train(False)

@@ -195,7 +195,7 @@ async def run_episode(server_manager: Any, processor: Any, row: Mapping[str, Any
     from PIL import Image
 
     from segloop.agent.episode import EpisodeConfig
-    from segloop.policies import AgentSpec, build_agent
+    from segloop.policies.assembly import AgentSpec, build_agent
 
     data = parse_row(row)
     tokenizer = processor.tokenizer
@@ -213,7 +213,8 @@ async def run_episode(server_manager: Any, processor: Any, row: Mapping[str, Any
     trajectory = result.trajectory
     ledger: TokenLedger | None = trajectory.ledger
     if ledger is None:
-        raise ValueError(f"the episode ended before the policy acted: {trajectory.policy_error}")
+        failure = trajectory.failure.describe() if trajectory.failure else "no reason recorded"
+        raise ValueError(f"the episode ended before the policy acted: {failure}")
     if ledger.prompt_length > prompt_length:
         raise ValueError(f"the first prompt has {ledger.prompt_length} tokens, more than "
                          f"rollout.prompt_length={prompt_length}: raise it or lower max_side")
@@ -232,7 +233,8 @@ async def run_episode(server_manager: Any, processor: Any, row: Mapping[str, Any
             "turn_scores": [], "tool_rewards": [],
             "segloop_reward": reward.reward, "segloop_iou": reward.iou, "segloop_format": reward.format,
             "segloop_turns": len(trajectory.turns), "segloop_submitted": trajectory.submitted,
-            "segloop_invalid_actions": trajectory.invalid_actions, "segloop_policy_error": trajectory.policy_error,
+            "segloop_invalid_actions": trajectory.invalid_actions,
+            "segloop_failure": trajectory.failure.describe() if trajectory.failure else None,
             "segloop_tool_counts": dict(trajectory.tool_counts), "segloop_sample_id": data.sample_id,
         },
     }

@@ -48,9 +48,9 @@ def export(spec: str, out: str | Path, split: str = "train", max_side: int = 102
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from segloop.rl.rollout import items
+    from segloop.data.specs import load_items
 
-    rows = [row_of(item, i, split, max_side, max_turns) for i, item in enumerate(items(spec))]
+    rows = [row_of(item, i, split, max_side, max_turns) for i, item in enumerate(load_items(spec))]
     if not rows:
         raise ValueError(f"{spec}: no samples")
     out = Path(out)

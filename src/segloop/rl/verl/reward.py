@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from segloop.agent.actions import parse_turn
+from segloop.agent.parser import parse_turn
 from segloop.rl.rewards import RewardConfig
 
 

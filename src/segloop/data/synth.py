@@ -36,23 +36,21 @@ Meaning (``resolve`` implements it; the generator keeps a query only if it resol
 
 The mask of a hollow shape is its outline (the pixels drawn); a striped shape is filled with its colour
 and a darker shade of it. ``generate_scene`` is the Python API (also used for on-the-fly training
-data); ``segloop synth`` writes images, masks and a ``manifest.jsonl``.
+data, ``synth:...`` data specs in ``segloop.data.specs``); ``segloop synth`` writes scenes as images, masks
+and a ``manifest.jsonl``.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import cv2
 import numpy as np
 
-from segloop.tools.images import save_image, save_mask
 from segloop.tools.masks import box_of, size_class
 
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -71,6 +69,7 @@ SIZES = ("small", "medium", "large")
 SIZE_RANGES: dict[str, tuple[float, float]] = {"small": (0.008, 0.013), "medium": (0.025, 0.04),
                                                "large": (0.065, 0.10)}
 MIN_DIAMETER = 8  # px: below this a star is no longer a star
+MIN_SIZE = 128  # px: the smallest image side a scene is drawn at
 SUPERLATIVES = ("largest", "smallest", "leftmost", "rightmost", "topmost", "bottommost")
 RELATIONS = ("left of", "right of", "above", "below")
 HEAD_ANY = "object"
@@ -506,12 +505,14 @@ def _distractor(rng: np.random.Generator, cfg: Difficulty, target: dict[str, str
     return attrs
 
 
-def generate_scene(seed: int, size: int = 1536, difficulty: str = "medium", no_target_rate: float = 0.0) -> Scene:
-    """One scene, fully determined by its arguments (the same call gives the same pixels)."""
+def _layout(seed: int, size: int, difficulty: str, no_target_rate: float
+            ) -> tuple[np.random.Generator, list[SceneObject], Query, str]:
+    """The scene's objects, its query and the query's kind, drawn from the scene's generator (which the
+    pixels are drawn from next)."""
     if difficulty not in DIFFICULTIES:
         raise SynthError(f"unknown difficulty {difficulty!r}; choose from {', '.join(DIFFICULTIES)}")
-    if size < 128:
-        raise SynthError(f"image side {size} is too small (at least 128 px)")
+    if size < MIN_SIZE:
+        raise SynthError(f"image side {size} is too small (at least {MIN_SIZE} px)")
     if not 0.0 <= no_target_rate <= 1.0:
         raise SynthError(f"no-target rate {no_target_rate} is not in [0, 1]")
     cfg = DIFFICULTIES[difficulty]
@@ -539,10 +540,20 @@ def generate_scene(seed: int, size: int = 1536, difficulty: str = "medium", no_t
         else:
             query, kind = _any_query(rng, kind, World(objects))
         if query is not None:
-            break
-    else:
-        raise SynthError(f"seed {seed}: no valid query in 20 attempts (difficulty {difficulty})")
+            return rng, objects, query, kind
+    raise SynthError(f"seed {seed}: no valid query in 20 attempts (difficulty {difficulty})")
 
+
+def scene_request(seed: int, size: int, difficulty: str, no_target_rate: float = 0.0) -> tuple[str, str]:
+    """The query and its kind of the scene ``generate_scene`` makes from these arguments, without drawing its
+    pixels (a few milliseconds instead of tens: listing thousands of scenes stays cheap)."""
+    _, _, query, kind = _layout(seed, size, difficulty, no_target_rate)
+    return query.text(), kind
+
+
+def generate_scene(seed: int, size: int = 1536, difficulty: str = "medium", no_target_rate: float = 0.0) -> Scene:
+    """One scene, fully determined by its arguments (the same call gives the same pixels)."""
+    rng, objects, query, kind = _layout(seed, size, difficulty, no_target_rate)
     image = _background(rng, size)
     labels = np.zeros((size, size), dtype=np.int16)
     own = {int(i): _draw(objects[i], image, labels, int(i) + 1) for i in rng.permutation(len(objects))}
@@ -570,7 +581,7 @@ def generate_scene(seed: int, size: int = 1536, difficulty: str = "medium", no_t
     return Scene(image, target_pixels, query.text(), meta)
 
 
-# --- segloop synth ----------------------------------------------------------------------------------
+# --- other referents of a scene ---------------------------------------------------------------------
 
 
 def another_referent(scene: Scene, rng: np.random.Generator) -> tuple[str, np.ndarray] | None:
@@ -602,23 +613,3 @@ def describe(scene: Scene, index: int, rng: np.random.Generator) -> str | None:
 def scene_seed(seed: int, index: int) -> int:
     """The seed of scene ``index`` of a set generated with ``seed`` (independent streams per scene)."""
     return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
-
-
-def write_world(out: Path, n: int, seed: int, size: int, difficulty: str, no_target_rate: float,
-                progress: bool = True) -> Path:
-    """Write ``n`` scenes as ``images/``, ``masks/`` and ``manifest.jsonl`` under ``out``."""
-    from tqdm import tqdm
-
-    from segloop.agent.datasets import write_manifest
-    from segloop.agent.sample import Sample
-
-    samples = []
-    for index in tqdm(range(n), desc="synth", unit="scene", disable=not progress, file=sys.stderr):
-        scene = generate_scene(scene_seed(seed, index), size, difficulty, no_target_rate)
-        sample_id = f"synth_{seed}_{index:05d}"
-        image = save_image(scene.image, out / "images" / f"{sample_id}.png")
-        mask = None if scene.mask is None else save_mask(scene.mask, out / "masks" / f"{sample_id}.png")
-        meta = {k: v for k, v in scene.meta.items() if k not in ("kind", "objects")}
-        samples.append(Sample(id=sample_id, image=image, query=scene.query, mask=mask, kind=scene.meta["kind"],
-                              meta=meta))
-    return write_manifest(samples, out / "manifest.jsonl")

@@ -30,13 +30,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from segloop.agent.provenance import differences, environment, now
-from segloop.agent.stats import episode_stats
+from segloop.agent.records import EpisodeResult, Trajectory, episode_folder, save_episode
+from segloop.evaluation.provenance import differences, environment, now
+from segloop.evaluation.stats import episode_stats
+from segloop.tools.images import save_image
 from segloop.tools.masks import Metrics, SampleScore, score_sample
+from segloop.tools.overlay import result_picture
 
 if TYPE_CHECKING:
     from segloop.agent.episode import Agent
-    from segloop.agent.sample import Sample
+    from segloop.data.sample import Sample
 
 TRAJECTORIES = "trajectories.jsonl"
 RUN_FILE = "run.json"
@@ -237,12 +240,11 @@ async def _run_locked(agent: Agent, samples: list[Sample], out: Path, concurrenc
     started = time.perf_counter()
     ran = 0
 
-    async def one(sample: Any) -> dict[str, Any]:
-        from segloop.agent.episode import episode_folder, save_episode
-
+    async def one(sample: Sample) -> dict[str, Any]:
         base = {"sample_id": sample.id, "kind": sample.kind, "query": sample.query}
         try:
-            image, truth, ignore = await asyncio.to_thread(_load, sample)
+            item = await asyncio.to_thread(sample.load)
+            image, truth, ignore = item.image, item.mask, item.ignore
             result = await agent.run(image, sample.query, episode_id=sample.id, ground_truth=truth, ignore=ignore)
         except (OSError, ValueError) as exc:  # ImageError is a ValueError; so is a mask of the wrong size
             reason = f"{type(exc).__name__}: {exc}"[:300]
@@ -252,9 +254,9 @@ async def _run_locked(agent: Agent, samples: list[Sample], out: Path, concurrenc
         score = score_sample(sample.id, result.mask, truth, ignore, kind=sample.kind)
         if save_overlays:
             folder = out / "episodes" / episode_folder(sample.id)
-            await asyncio.to_thread(_save_pictures, result, image, truth, folder, save_episode)
+            await asyncio.to_thread(_save_pictures, result, image, truth, folder)
         record = {**base, "iou": score.iou, "intersection": score.intersection, "union": score.union,
-                  "size_class": score.size_class, "empty": t.empty, "no_target": t.no_target,
+                  "size_class": score.size_class, "empty": t.empty, "no_target": t.no_target, "refused": t.refused,
                   "trajectory": t.model_dump(mode="json")}
         if t.failure is not None:  # not an answer: IoU 0, and its target's pixels are all missed in cIoU
             missed = score_sample(sample.id, np.zeros_like(truth), truth, ignore, kind=sample.kind)
@@ -286,7 +288,7 @@ async def _run_locked(agent: Agent, samples: list[Sample], out: Path, concurrenc
     metrics = summarise(records, ran=ran, seconds=elapsed)
     metrics["provenance"] = provenance_of(run, policy_settings)
     _write_json(out / "metrics.json", metrics)
-    from segloop.agent.report import write_report
+    from segloop.evaluation.report import write_report
 
     write_report(out, records, metrics)
     return metrics
@@ -302,35 +304,23 @@ def provenance_of(run: dict[str, Any], policy_settings: dict[str, Any]) -> dict[
             "started": runs[0]["started"] if runs else None, "ended": latest.get("ended"), "runs": runs}
 
 
-def _load(sample: Any) -> tuple[Any, Any, Any]:
-    """The sample's image, mask and ignore region, in one worker-thread hop rather than three."""
-    image = sample.load_image()
-    shape = image.shape[:2]
-    return image, sample.load_mask(shape), sample.load_ignore(shape)
-
-
-# Longest side of the report's pictures of an episode (the input with its truth, the final mask).
+# Longest side of the report's picture of an episode's input (the image with its truth outlined).
 REPORT_SIDE = 768
 
 
-def _save_pictures(result: Any, image: Any, truth: Any, folder: Path, save_episode: Any) -> None:
-    """The episode's files (``save_episode``) plus, for the report, ``input.png`` (the image with the
-    ground truth's outline) and ``final.png`` (the final mask over it, with a zoomed inset when small)."""
-    from segloop.tools.images import save_image
-    from segloop.tools.overlay import result_picture
-
-    save_episode(result, folder)
-    save_image(result_picture(image, None, truth, max_side=REPORT_SIDE, inset=False), folder / "input.png")
-    save_image(result_picture(image, result.mask, truth, max_side=REPORT_SIDE), folder / "final.png")
+def _save_pictures(result: EpisodeResult, image: np.ndarray, truth: np.ndarray, folder: Path) -> None:
+    """The episode's files (``save_episode``: its record, views, mask and ``final.png``, the mask over the image
+    with the truth outlined) plus, for the report, ``input.png`` (the image with the truth outlined), both with
+    a zoomed inset around a small target."""
+    save_episode(result, folder, image, truth)
+    save_image(result_picture(image, None, truth, max_side=REPORT_SIDE), folder / "input.png")
 
 
 def summarise(records: list[dict[str, Any]], ran: int = 0, seconds: float = 0.0) -> dict[str, Any]:
     """Metrics over episode records (one per sample): gIoU/cIoU overall, by kind and size class, per sample,
-    with every failed episode counted as IoU 0; how many answers were masks, EMPTY masks (no "no_target")
-    and "no such object"; how many episodes failed and why; what the answered episodes did
+    with every failed episode counted as IoU 0; how many answers were masks, EMPTY masks (no "no_target"),
+    "no such object" and refusals (unknown words: no mask, IoU 0 unless there is no target); how many episodes failed and why; what the answered episodes did
     (``agent.stats``); throughput of this run."""
-    from segloop.agent.episode import Trajectory
-
     metrics = Metrics()
     for r in records:
         metrics.add(SampleScore(id=r["sample_id"], iou=r["iou"], intersection=r["intersection"], union=r["union"],
@@ -342,7 +332,8 @@ def summarise(records: list[dict[str, Any]], ran: int = 0, seconds: float = 0.0)
     return {
         **metrics.summary(),
         "answered": len(answers),
-        "masks": sum(not r.get("empty") and not r.get("no_target") for r in answers),
+        "masks": sum(not r.get("empty") and not r.get("no_target") and not r.get("refused") for r in answers),
+        "refused": sum(bool(r.get("refused")) for r in answers),
         "empty": sum(bool(r.get("empty")) for r in answers),
         "no_target_answers": sum(bool(r.get("no_target")) for r in answers),
         "failed": len(broken),

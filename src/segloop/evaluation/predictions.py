@@ -8,13 +8,14 @@ never looks better than it is. Scores are gIoU / cIoU overall, by size class and
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from pydantic import BaseModel
 
-from segloop.agent.sample import Sample
-from segloop.tools.images import ImageError, image_size, load_mask
+from segloop.data.sample import Sample
+from segloop.tools.images import ImageError, load_mask
 from segloop.tools.masks import Metrics, score_sample
 
 
@@ -32,7 +33,7 @@ class Evaluation(BaseModel):
         return {**self.summary, "n_missing": len(self.missing), "missing": self.missing}
 
 
-def evaluate_predictions(samples: list[Sample], pred_dir: str | Path) -> Evaluation:
+def evaluate_predictions(samples: Sequence[Sample], pred_dir: str | Path) -> Evaluation:
     """Score ``pred_dir/<id>.png`` for every sample; a missing file is an empty prediction."""
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
@@ -40,26 +41,21 @@ def evaluate_predictions(samples: list[Sample], pred_dir: str | Path) -> Evaluat
     metrics = Metrics()
     missing: list[str] = []
     for sample in samples:
-        # The header gives the size; the pixels of the image itself are never needed for scoring.
-        try:
-            width, height = image_size(sample.image)
-        except ImageError as exc:
-            raise EvaluationError(str(exc)) from exc
-        shape = (height, width)
         pred_path = pred_dir / f"{sample.id}.png"
         try:
-            gt = sample.load_mask(shape)
-            ignore = sample.load_ignore(shape)
+            gt, ignore = sample.load_truth()  # a file sample's image is not decoded: its header gives the size
         except (ImageError, ValueError) as exc:
             raise EvaluationError(f"sample {sample.id}: ground truth unusable ({exc})") from exc
+        shape = gt.shape
         if pred_path.is_file():
             try:
                 pred = load_mask(pred_path)
             except ImageError as exc:
                 raise EvaluationError(str(exc)) from exc
             if pred.shape != shape:
+                image = f"image {sample.image.name}" if sample.image is not None else f"the image of {sample.id}"
                 raise EvaluationError(f"{pred_path}: prediction is {pred.shape[1]}x{pred.shape[0]}, "
-                                      f"image {sample.image.name} is {shape[1]}x{shape[0]}")
+                                      f"{image} is {shape[1]}x{shape[0]}")
         else:
             missing.append(sample.id)
             pred = np.zeros(shape, dtype=bool)

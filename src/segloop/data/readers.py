@@ -1,6 +1,6 @@
-"""Dataset readers: every benchmark layout becomes a list of ``agent.sample.Sample``.
+"""Dataset readers: every benchmark layout becomes a list of ``data.sample.Sample``.
 
-Supported layouts, and the ``--data`` spec that names each (``load_samples``):
+Supported layouts, and the ``--data`` spec that names each (``data.specs.load_samples``):
 
 - the project's manifest, ``PATH/manifest.jsonl``: JSON lines ``{"id", "image", "query", "mask",
   "ignore_mask"?, "kind"?, ...}``; paths relative to the manifest's folder; a mask is a 0/255 PNG path, a
@@ -29,7 +29,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from segloop.agent.sample import Sample
+from segloop.data.sample import Sample
 from segloop.tools.images import ImageError, image_size
 from segloop.tools.masks import rle_encode
 
@@ -124,6 +124,8 @@ def write_manifest(samples: Iterable[Sample], path: str | Path) -> Path:
     base = path.parent
     lines = []
     for sample in samples:
+        if sample.image is None:
+            raise DatasetError(f"sample {sample.id!r} is a synthetic scene, not a file; write it with segloop synth")
         clash = sorted(set(sample.meta) & set(MANIFEST_KEYS))
         if clash:
             raise DatasetError(f"sample {sample.id!r}: meta key(s) {clash} clash with manifest keys")
@@ -304,34 +306,3 @@ def read_mask_folder(images: str | Path, masks: str | Path, query: str, kind: st
     if missing:
         raise DatasetError(f"{masks}: no mask for {len(missing)} image(s), e.g. {', '.join(missing[:3])}")
     return [Sample(id=p.stem, image=p, query=query, mask=mask_by_stem[p.stem], kind=kind) for p in image_paths]
-
-
-# --- the CLI's --data --------------------------------------------------------------------------------
-
-
-def load_samples(spec: str | Path) -> list[Sample]:
-    """Samples named by a ``--data`` spec (see the module docstring):
-
-    ``PATH`` (a manifest), ``reasonseg:DIR[:all]``, ``refcoco:ROOT:DATASET:SPLITBY:SPLIT[:IMAGES]``,
-    ``cod:IMAGES:MASKS``, ``sod:IMAGES:MASKS``.
-    """
-    text = str(spec)
-    scheme, _, rest = text.partition(":")
-    parts = rest.split(":") if rest else []
-    if scheme == "reasonseg":
-        if len(parts) == 1 or (len(parts) == 2 and parts[1] == "all"):
-            return read_reasonseg(parts[0], all_texts=len(parts) == 2)
-        raise DatasetError(f"{text}: expected reasonseg:DIR or reasonseg:DIR:all")
-    if scheme == "refcoco":
-        if len(parts) in (4, 5):
-            return read_refcoco(*parts)
-        raise DatasetError(f"{text}: expected refcoco:ROOT:DATASET:SPLITBY:SPLIT[:IMAGES]")
-    if scheme in ("cod", "sod"):
-        if len(parts) == 2:
-            query = COD_QUERY if scheme == "cod" else SOD_QUERY
-            return read_mask_folder(parts[0], parts[1], query=query, kind=scheme)
-        raise DatasetError(f"{text}: expected {scheme}:IMAGES:MASKS")
-    path = Path(text)
-    if path.is_dir():
-        path = path / "manifest.jsonl"
-    return read_manifest(path)

@@ -10,8 +10,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from segloop.agent.episode import episode_folder
-from segloop.agent.provenance import flatten
+from segloop.agent.records import episode_folder
+from segloop.evaluation.provenance import flatten
 
 _STYLE = """
 body{font-family:sans-serif;margin:1.5em;max-width:1400px}

@@ -22,7 +22,7 @@ from segloop.tools.masks import box_of
 if TYPE_CHECKING:
     import numpy as np
 
-    from segloop.agent.episode import Trajectory
+    from segloop.agent.records import Trajectory
 
 
 def _holds(view: Sequence[int], target: tuple[int, int, int, int]) -> bool:
@@ -86,7 +86,7 @@ def episode_stats(trajectories: Sequence[Trajectory]) -> dict[str, Any]:
 
 def server_totals(trajectories: Sequence[Trajectory]) -> dict[str, Any]:
     """Requests, retries, statuses other than 200, token usage and request bytes over the turns a server
-    answered (the episodes' own turns; a turn that failed ends its episode with ``policy_error`` instead), with
+    answered (the episodes' own turns; a turn that failed ends its episode with a ``failure`` instead), with
     the median and largest request bytes of an episode. Empty when no turn came from a server."""
     requests = retries = prompt_tokens = completion_tokens = 0
     failures: Counter[str] = Counter()
