@@ -142,7 +142,7 @@ def test_recorded_log_probs_match_a_later_forward_and_survive_save_and_load(tmp_
 
 def _biased(policy: CompactPolicy, depth: int, tool: str) -> None:
     """Make one decision network choose ``tool`` whenever it may (a test of the legality rules)."""
-    head = policy.decisions(depth).tool[2]
+    head = policy.decisions(depth).tool_linear
     with torch.no_grad():
         head.bias.zero_()
         head.bias[TOOL[tool]] = 50.0

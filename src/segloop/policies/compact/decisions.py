@@ -71,7 +71,8 @@ def stack(features: list[TurnFeatures]) -> dict[str, torch.Tensor]:
 class DecisionNet(nn.Module):
     """Logits of every part from a batch of ``TurnFeatures`` of one depth.
 
-    - tool: a small MLP on the scalars;
+    - tool: a linear map of the scalars plus a small MLP on them (the linear path learns the main effects,
+      such as "segment when the central object's referent score is high", within a few steps);
     - centre: a per-cell linear map of the cell features (starts as the referent score: where the request
       points is where to look), masked to the cells the chosen tool may name;
     - width/height: perception's box logits at the chosen cell plus a learnt offset per bin (which box
@@ -82,6 +83,7 @@ class DecisionNet(nn.Module):
     def __init__(self, size_bins: int, hidden: int = 32) -> None:
         super().__init__()
         n_cell, n_scalar = len(CELL_FEATURES), len(SCALAR_FEATURES)
+        self.tool_linear = nn.Linear(n_scalar, len(TOOLS))
         self.tool = nn.Sequential(nn.Linear(n_scalar, hidden), nn.Tanh(), nn.Linear(hidden, len(TOOLS)))
         self.centre = nn.Linear(n_cell, 1)
         self.size_offset = nn.Parameter(torch.zeros(2, size_bins))
@@ -91,8 +93,9 @@ class DecisionNet(nn.Module):
             self.centre.weight.zero_()
             self.centre.bias.zero_()
             self.centre.weight[0, CELL["log_referent"]] = 1.0
-            nn.init.zeros_(self.tool[2].weight)
-            nn.init.zeros_(self.tool[2].bias)
+            for layer in (self.tool_linear, self.tool[2]):
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
             nn.init.zeros_(self.point.weight)
             nn.init.zeros_(self.point.bias)
             self.point_cell.weight.zero_()
@@ -104,7 +107,8 @@ class DecisionNet(nn.Module):
         (-1 entries are unused parts; their logits are computed for cell 0 and ignored)."""
         cells = batch["cells"].transpose(1, 2)  # (N, G*G, F)
         n, area = cells.shape[:2]
-        tool = self.tool(batch["scalars"]).masked_fill(~batch["legal_tools"], ILLEGAL)
+        scalars = batch["scalars"]
+        tool = (self.tool_linear(scalars) + self.tool(scalars)).masked_fill(~batch["legal_tools"], ILLEGAL)
         legal = torch.where((chosen[:, PART["tool"]] == TOOL["zoom_in"])[:, None], batch["zoom_cells"],
                             batch["segment_cells"])
         centre = self.centre(cells)[..., 0].masked_fill(~legal, ILLEGAL)

@@ -459,8 +459,10 @@ class CompactPolicy:
 
     def label(self, text: str, context: PolicyContext, features: TurnFeatures,
               zoom_target: list[float] | None = None) -> torch.Tensor:
-        """An expert's turn as this policy's parts in this state; parts it cannot take here are -1 (an
-        illegal tool: no decision at all; a cell it may not name: the nearest legal cell if adjacent)."""
+        """An expert's turn as this policy's parts in this state; parts it cannot take here are -1. An
+        illegal tool is no decision at all; a cell the tool may not name becomes the nearest one it may
+        within the named object (a detection is the object's centre only to a cell or two), else the
+        object parts are left unlabelled."""
         grid = self.config.grid
         parts = actions.parts_of(text, context.view, grid, self.shares, self.config.zoom_context, zoom_target)
         tool = int(parts[PART["tool"]])
@@ -470,12 +472,16 @@ class CompactPolicy:
         if cell >= 0:
             legal = features.zoom_cells if tool == TOOL["zoom_in"] else features.segment_cells
             if not bool(legal[cell]):
-                near = [c for c in legal.nonzero()[:, 0].tolist()
-                        if max(abs(c % grid - cell % grid), abs(c // grid - cell // grid)) <= 1]
-                parts[PART["centre"]] = near[0] if near else -1
-                if not near:
-                    parts[PART["width"]] = parts[PART["height"]] = parts[PART["point"]] = -1
-                    parts[PART["point_cell"]] = -1
+                # Half the object's smaller side, in cells (at least one cell).
+                reach = max(1.0, min(self.shares[int(parts[PART["width"]])], self.shares[int(parts[PART["height"]])])
+                            * grid / 2)
+                cells = legal.nonzero()[:, 0]
+                distance = torch.maximum((cells % grid - cell % grid).abs(), (cells // grid - cell // grid).abs())
+                if len(cells) and float(distance.min()) <= reach:
+                    parts[PART["centre"]] = int(cells[distance.argmin()])
+                else:
+                    for part in ("centre", "width", "height", "point", "point_cell"):
+                        parts[PART[part]] = -1
         return parts
 
     async def act_and_imitate(self, context: PolicyContext, expert: PolicyTurn, *, greedy: bool,
