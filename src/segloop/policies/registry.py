@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from pydantic import BaseModel
 
@@ -31,7 +31,8 @@ POLICIES: dict[str, tuple[str, str]] = {
 # Policies that read the ground truth: for expert data, upper bounds and baselines, never for new images.
 NEEDS_TRUTH = ("oracle", "single-shot")
 # The scripted policies (no model): the experts SFT may imitate.
-SCRIPTED = ("oracle", "single-shot", "random")
+ScriptedPolicy = Literal["oracle", "single-shot", "random"]
+SCRIPTED: tuple[str, ...] = get_args(ScriptedPolicy)
 # Policies built from a checkpoint directory (``from_pretrained``): the learnable ones.
 LEARNABLE = ("compact", "transformers")
 

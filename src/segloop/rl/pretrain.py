@@ -16,9 +16,7 @@ Every ``eval_every`` steps, greedy decisions on a held-out cache give the go/no-
 
 from __future__ import annotations
 
-import json
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -180,14 +178,10 @@ def train(config: PretrainConfig) -> dict[str, Any]:
     from segloop.data.synth import VOCABULARY
     from segloop.policies.compact import CompactPolicy
     from segloop.policies.compact.policy import STAGES
-    from segloop.rl.curves import CurveLog, plot_curves
     from segloop.rl.render_cache import RenderCache
-    from segloop.rl.rollout import peak_memory_mb
+    from segloop.rl.scaffold import TrainingRun
 
-    torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
-    config.out.mkdir(parents=True, exist_ok=True)
-    (config.out / "pretrain_config.json").write_text(config.model_dump_json(indent=1))
+    run = TrainingRun("pretrain", config, config.out, steps=config.steps, seed=config.seed, threads=config.threads)
     if config.model is not None:
         policy = CompactPolicy.from_pretrained(config.model, greedy=False, seed=config.seed)
     else:
@@ -207,16 +201,13 @@ def train(config: PretrainConfig) -> dict[str, Any]:
         return warm * (config.final_lr_share + (1 - config.final_lr_share) * cosine)
 
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_share)
-    log = CurveLog(config.out / "pretrain_log.csv")
-    log.path.unlink(missing_ok=True)
     rng = np.random.default_rng(config.seed)
     draw = _sampler(cache, config, rng)
     weights = torch.tensor(config.part_weights)
     if len(weights) != 6:
         raise ValueError("part_weights needs one weight per part: tool, centre, width, height, use_point, point")
-    cpu0, wall0 = time.process_time(), time.perf_counter()
     summary: dict[str, Any] = {"cache_states": len(cache)}
-    columns = ["step", "loss", "lr", "cpu_min", "wall_min", "samples_per_cpu_s", "peak_mem_mb", "root_hit",
+    columns = ["step", "loss", "lr", "samples_per_cpu_s", "root_hit",
                "root_top3", "after_miss_hit", "target_view_acc", "lookalike_view_acc", "swapped_view_acc",
                "segment_box_iou", "no_target_acc", "false_no_target"]
     losses: list[float] = []
@@ -227,17 +218,13 @@ def train(config: PretrainConfig) -> dict[str, Any]:
         nonlocal tic
         row = dict.fromkeys(columns)
         spent = time.process_time() - tic
-        row.update(step=step, loss=round(float(np.mean(losses)), 4) if losses else None,
-                   lr=schedule.get_last_lr()[0], peak_mem_mb=round(peak_memory_mb(), 1),
-                   samples_per_cpu_s=round(config.eval_every * batch_size / spent, 1) if step else None)
+        row.update(step=step, loss=float(np.mean(losses)) if losses else None, lr=schedule.get_last_lr()[0],
+                   samples_per_cpu_s=config.eval_every * batch_size / spent if step else None)
         if held_out is not None:
             row.update(probe(policy, held_out, config.eval_n))
             policy.train(True)
-        row.update(cpu_min=round((time.process_time() - cpu0) / 60, 2),
-                   wall_min=round((time.perf_counter() - wall0) / 60, 2))
-        log.write(row)
-        summary["last"] = row
-        print(json.dumps(row), file=sys.stderr, flush=True)
+        summary["last"] = run.write(row)
+        run.progress(step, {k: v for k, v in row.items() if k != "step"}, force=True)
         losses.clear()
         tic = time.process_time()
 
@@ -256,10 +243,9 @@ def train(config: PretrainConfig) -> dict[str, Any]:
         if step % config.eval_every == 0 or step == config.steps:
             evaluate(step)
             policy.save_pretrained(config.out / "last")
-    policy.save_pretrained(config.out / "final")
-    summary.update(cpu_min=round((time.process_time() - cpu0) / 60, 2),
-                   wall_min=round((time.perf_counter() - wall0) / 60, 2))
-    plot_curves(log.rows(), ["loss", "root_hit", "root_top3", "after_miss_hit", "target_view_acc",
-                             "lookalike_view_acc"], config.out / "pretrain_curves.png", "dense pre-training")
-    (config.out / "pretrain_summary.json").write_text(json.dumps(summary, indent=1, default=str))
-    return summary
+        else:
+            run.progress(step, {"loss": loss.item()})
+    summary["final"] = run.save_final(policy, config.steps)
+    return run.finish(summary, ["loss", "root_hit", "root_top3", "after_miss_hit", "target_view_acc",
+                                "lookalike_view_acc"], "dense pre-training",
+                      f"model in {config.out / 'final'} (the last step, {config.steps})")

@@ -310,12 +310,17 @@ class CacheConfig(BaseModel):
 
 
 def build(config: CacheConfig) -> dict[str, Any]:
-    """Build the cache ``config`` describes, for a compact policy of the synthetic world's vocabulary."""
+    """Build the cache ``config`` describes, for a compact policy of the synthetic world's vocabulary, on the
+    trainers' scaffold (``rl.scaffold``: the config file, the timing, the summary)."""
     from segloop.data.synth import VOCABULARY
     from segloop.policies.compact import CompactConfig, build_vocabulary
+    from segloop.rl.scaffold import TrainingRun
 
+    run = TrainingRun("cache", config, config.out, steps=1, seed=config.seed)
     policy_config = CompactConfig(vocabulary=build_vocabulary(list(VOCABULARY)), **config.compact_options)
-    return build_cache(config.out, policy_config.model_dump(), config.data, config.seed, config.workers)
+    summary = build_cache(config.out, policy_config.model_dump(), config.data, config.seed, config.workers)
+    return run.finish(summary, [], "render cache", f"{summary['states']} states from {summary['scenes']} scenes "
+                                                   f"({summary['images']} pictures) in {config.out}")
 
 
 def build_cache(out: Path, config: dict[str, Any], data: str, seed: int = 0, workers: int = 1,
