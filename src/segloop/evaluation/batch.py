@@ -320,7 +320,7 @@ def summarise(records: list[dict[str, Any]], ran: int = 0, seconds: float = 0.0)
     """Metrics over episode records (one per sample): gIoU/cIoU overall, by kind and size class, per sample,
     with every failed episode counted as IoU 0; how many answers were masks, EMPTY masks (no "no_target")
     and "no such object"; how many episodes failed and why; what the answered episodes did
-    (``agent.stats``); throughput of this run."""
+    (``evaluation.stats``); throughput of this run."""
     metrics = Metrics()
     for r in records:
         metrics.add(SampleScore(id=r["sample_id"], iou=r["iou"], intersection=r["intersection"], union=r["union"],

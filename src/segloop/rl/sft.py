@@ -184,7 +184,7 @@ def _cache_key(config: SFTConfig, student: LearnablePolicy, n_items: int) -> str
 def collect_records(agent: Agent, items: list, prefix: str = "expert") -> tuple[list, dict[str, float]]:
     """The student's records of the episodes over ``items`` (``agent`` runs an ``ExpertForcing`` or a
     ``DAggerForcing`` policy), and what those episodes did: their mean IoU (``giou``) and the
-    ``agent.stats`` figures."""
+    ``evaluation.stats`` figures."""
     from segloop.evaluation.stats import episode_stats, search_stats
     from segloop.rl.rollout import run_episodes
     from segloop.tools.masks import iou

@@ -6,7 +6,7 @@ once the query's directional phrases are mapped with it ("left of" <-> "right of
 flip, "left of" <-> "above" under a transpose, and their superlatives), and the decision's cells and
 box sides map exactly, so every expert turn counts eight times.
 
-Relations are mapped as *phrases*, not words: the grammar (``agent.synth``) says "left of" but "above",
+Relations are mapped as *phrases*, not words: the grammar (``data.synth``) says "left of" but "above",
 so a word-by-word transpose would write "above of" and turn "above" into a bare "left", spellings the
 world never produces. The mapped query may therefore change length.
 
