@@ -127,6 +127,18 @@ def test_run_batch_and_demo_take_the_same_agent_flags_with_the_same_choices() ->
     assert set(run["--policy"]) == {"compact", "transformers", "openai", "oracle", "single-shot", "random"}
 
 
+def test_their_help_texts_list_the_same_agent_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    from segloop.cli.agent_options import AGENT_GROUP, SERVER_GROUP
+
+    def listed(words: list[str]) -> set[str]:
+        text = _help(words, capsys)
+        sections = [text.split(f"\n{title}:\n", 1)[1].split("\n\n", 1)[0] for title in (AGENT_GROUP, SERVER_GROUP)]
+        return {flag for section in sections for flag in re.findall(r"^  (--[\w-]+)", section, re.MULTILINE)}
+
+    run, batch, demo = listed(["run"]), listed(["batch"]), listed(["demo"])
+    assert run == batch == demo and {"--policy", "--base-url", "--max-turns", "--segmenter-model"} <= run
+
+
 def test_the_agent_flags_reach_the_spec(tmp_path: Path) -> None:
     from segloop.cli import build_parser
     from segloop.cli.agent_options import agent_spec
