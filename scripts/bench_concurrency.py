@@ -2,7 +2,7 @@
 
 A local chat-completions server (``tests/openai_server.py``, in its own process as a vLLM server would be)
 answers every request after ``--latency`` seconds with a scripted two-turn episode (segment a box, submit);
-the batch runner (``agent.batch.run_batch``) runs the episodes through the real graph, the real
+the batch runner (``evaluation.batch.run_batch``) runs the episodes through the real graph, the real
 ``OpenAIPolicy`` and HTTP. The segmenter fills the prompted box (no model), so the figure is the agent's own
 overhead against the server's latency, which concurrency should hide: the goal is a speed-up of at least 28x
 at concurrency 32.

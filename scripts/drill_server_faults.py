@@ -58,7 +58,7 @@ def deadline_drill(kind: str, timeout: float, folder: Path) -> None:
         server.wait()
     trajectory = json.loads((folder / kind / "trajectory.json").read_text())
     episode_s = trajectory.get("seconds", float("nan"))
-    reason = (trajectory.get("failure") or {}).get("reason") or trajectory.get("policy_error") or "(none)"
+    reason = (trajectory.get("failure") or {}).get("reason") or "(none)"
     bound = 2 * timeout + 0.5
     print(f"{kind}: --request-timeout {timeout:g}: exit {code}; the episode ended after {episode_s:.1f} s "
           f"(stated bound 2 x {timeout:g} + 0.5 = {bound:.1f} s plus the episode's own work; "

@@ -2,9 +2,13 @@
 # Creates .venv with torch and segloop (editable) installed in it.
 #   bash scripts/setup.sh          the package and what running it needs
 #   bash scripts/setup.sh --dev    also the test tools, and Debian's chromium for the demo's browser tests
+#   bash scripts/setup.sh --verl   instead, verl's own environment .venv-verl (verl pins its own transformers):
+#                                  verl 0.9.1 with its core extra, segloop (editable) and pytest, for the verl
+#                                  contract tests (.venv-verl/bin/python -m pytest tests/test_verl_adapter.py)
 #
 # What it installs, by default: torch==2.13.0 from pip's configured index, then segloop and its dependencies
-# (pinned by constraints.txt) into .venv. Choose where torch comes from with environment variables:
+# at the versions the tests passed with (constraints.txt; constraints-verl.txt for --verl). Choose where torch
+# comes from with environment variables:
 #   SEGLOOP_TORCH_INDEX=https://download.pytorch.org/whl/cpu     CPU-only wheels (small; no CUDA)
 #   SEGLOOP_TORCH_INDEX=https://download.pytorch.org/whl/cu128   CUDA 12.8 wheels
 #   SEGLOOP_TORCH="torch==2.13.0"                                the torch requirement itself
@@ -12,10 +16,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dev=0
+venv=.venv
+constraints=constraints.txt
+packages=()
 case "${1:-}" in
   "") ;;
   --dev) dev=1 ;;
-  *) echo "usage: bash scripts/setup.sh [--dev]" >&2; exit 2 ;;
+  --verl) venv=.venv-verl; constraints=constraints-verl.txt; packages=("verl[verl-core]" pytest pytest-timeout) ;;
+  *) echo "usage: bash scripts/setup.sh [--dev | --verl]" >&2; exit 2 ;;
 esac
 torch_req="${SEGLOOP_TORCH:-torch==2.13.0}"
 torch_index="${SEGLOOP_TORCH_INDEX:-}"
@@ -29,19 +37,24 @@ say() { echo "segloop setup: $*"; }
 
 extras=""
 [ "$dev" = 1 ] && extras="[dev]"
-say "creating .venv ($(python3 --version 2>&1))"
+[ "$venv" = .venv-verl ] && extras="[verl]"
+say "creating $venv ($(python3 --version 2>&1))"
 source_name="the index pip is configured with"
 [ -n "$torch_index" ] && source_name="$torch_index"
 say "installing ${torch_req} from ${source_name} (set SEGLOOP_TORCH_INDEX to choose, e.g. https://download.pytorch.org/whl/cpu)"
-say "then segloop${extras} (editable) and its dependencies, pinned by constraints.txt"
-run python3 -m venv .venv
-run .venv/bin/python -m pip install -q -U pip wheel setuptools
-if [ -n "$torch_index" ]; then
-  run .venv/bin/python -m pip install -q "$torch_req" --index-url "$torch_index"
+if [ ${#packages[@]} -gt 0 ]; then
+  say "then segloop${extras} (editable), ${packages[*]} and their dependencies, pinned by $constraints"
 else
-  run .venv/bin/python -m pip install -q "$torch_req"
+  say "then segloop${extras} (editable) and its dependencies, pinned by $constraints"
 fi
-run env PIP_CONSTRAINT=constraints.txt .venv/bin/python -m pip install -q -e ".${extras}"
+run python3 -m venv "$venv"
+run env PIP_CONSTRAINT="$constraints" "$venv/bin/python" -m pip install -q -U pip wheel setuptools
+if [ -n "$torch_index" ]; then
+  run "$venv/bin/python" -m pip install -q "$torch_req" --index-url "$torch_index"
+else
+  run "$venv/bin/python" -m pip install -q "$torch_req"
+fi
+run env PIP_CONSTRAINT="$constraints" "$venv/bin/python" -m pip install -q -e ".${extras}" "${packages[@]}"
 
 if [ "$dev" = 1 ]; then
   if command -v chromium >/dev/null 2>&1; then
@@ -60,4 +73,8 @@ if [ "$dev" = 1 ]; then
     say "skipping Chromium (not root, and no password-less sudo): the demo's browser tests will be skipped; run 'sudo apt-get install chromium' to run them"
   fi
 fi
-say "done. Run segloop as .venv/bin/segloop, or 'source .venv/bin/activate' first and then segloop"
+if [ "$venv" = .venv-verl ]; then
+  say "done. Run the verl contract tests with: .venv-verl/bin/python -m pytest tests/test_verl_adapter.py"
+else
+  say "done. Run segloop as .venv/bin/segloop, or 'source .venv/bin/activate' first and then segloop"
+fi

@@ -83,6 +83,11 @@ def test_batch_scores_saves_and_reports(tmp_path, capsys):
     links = [part.split("'")[0] for part in report.split("src='")[1:]]
     assert links and all((out / link).is_file() for link in links)
     assert "s/0" in report and "could not run" in report
+    # Results first; what made them folded below; a count is an alarm only when it is not zero (item 9).
+    assert report.index("<h2>Results</h2>") < report.index("What made these results") < report.index("Episodes (")
+    assert "<details class='prov'><summary><b>What made these results</b> · oracle, grabcut, " in report
+    assert "<span class='bad'>1 FAILED</span>" in report and "0 EMPTY masks" in report
+    assert "<span class='bad'>0 EMPTY masks</span>" not in report
     printed = capsys.readouterr().out
     assert "gIoU" in printed and "FAILED: 1 of 6 episodes (image 1)" in printed
     assert "  bad: image: ImageError" in printed
@@ -185,7 +190,8 @@ def test_results_record_what_made_them_and_another_configuration_is_refused(tmp_
     provenance = json.loads((out / "metrics.json").read_text())["provenance"]
     agent = provenance["configuration"]["agent"]
     assert agent["policy"] == "oracle" and agent["segmenter"] == "grabcut" and agent["model"] is None
-    assert agent["episode"] == {"max_turns": 6, "zoom_min_side": 28, "max_zoom": 16.0, "seed": 3}
+    assert agent["episode"] == {"max_turns": 6, "zoom_min_side": 28, "max_zoom": 16.0, "seed": 3,
+                                "guess_unknown_words": False}
     assert provenance["configuration"]["data"] == str(manifest.resolve())
     assert provenance["policy_settings"]["name"] == "oracle" and provenance["policy_settings"]["max_side"] == 224
     assert provenance["segloop"] and provenance["host"] and "git_commit" in provenance
@@ -392,3 +398,18 @@ def test_episode_folders_are_safe_and_distinct():
     assert episode_folder("plain_id-1.x") == "plain_id-1.x"
     names = {episode_folder(x) for x in ("a/b", "a_b", "a b", "../a/b")}
     assert len(names) == 4 and all("/" not in n and not n.startswith(".") for n in names)
+
+
+def test_the_console_counts_a_policys_lists_instead_of_printing_them(tmp_path):
+    """Item 10: the compact policy's settings hold its whole vocabulary; the console line says how many words."""
+    from segloop.cli.batch import summary_text
+    from segloop.policies.registry import build_policy, policy_settings
+
+    settings = policy_settings(build_policy("compact"))
+    vocabulary = settings["vocabulary"]
+    assert isinstance(vocabulary, list) and len(vocabulary) > 20
+    metrics = {"n": 1, "failed": 1, "failed_by_kind": {"image": 1}, "failures": {"a": "image: unreadable"},
+               "provenance": {"configuration": {}, "policy_settings": settings}}
+    line = next(x for x in summary_text(metrics, tmp_path).splitlines() if x.startswith("policy settings:"))
+    assert f"vocabulary=<{len(vocabulary)} entries>" in line and "name=compact" in line
+    assert not any(f"'{word}'" in line for word in vocabulary) and len(line) < 600

@@ -95,7 +95,7 @@ def test_a_choice_the_command_cannot_take_lists_only_what_it_accepts(capsys: pyt
     with pytest.raises(SystemExit):
         cli(["train", "sft", "--data", "x", "--out", "y", "--expert", "compact"])
     err = capsys.readouterr().err
-    assert "invalid choice: 'compact' (choose from 'oracle', 'single-shot', 'random')" in err
+    assert "invalid choice: 'compact' (choose from 'oracle', 'compact-expert', 'single-shot', 'random')" in err
     # run and demo take batch's policies, but have no ground truth for those that read it: one line, exit 2.
     for command in (["demo"], ["run", "IMAGE", "the red disc", "--out", "OUT"]):
         assert cli([*command, "--policy", "oracle"]) == 2
@@ -124,7 +124,19 @@ def test_run_batch_and_demo_take_the_same_agent_flags_with_the_same_choices() ->
     for flag in ("--policy", "--model", "--segmenter", "--segmenter-model", "--max-side", "--max-turns", "--seed",
                  "--base-url", "--temperature", "--tool-mode"):
         assert flag in run, flag
-    assert set(run["--policy"]) == {"compact", "transformers", "openai", "oracle", "single-shot", "random"}
+    assert set(run["--policy"]) == {"compact", "transformers", "openai", "oracle", "compact-expert", "single-shot", "random"}
+
+
+def test_their_help_texts_list_the_same_agent_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    from segloop.cli.agent_options import AGENT_GROUP, SERVER_GROUP
+
+    def listed(words: list[str]) -> set[str]:
+        text = _help(words, capsys)
+        sections = [text.split(f"\n{title}:\n", 1)[1].split("\n\n", 1)[0] for title in (AGENT_GROUP, SERVER_GROUP)]
+        return {flag for section in sections for flag in re.findall(r"^  (--[\w-]+)", section, re.MULTILINE)}
+
+    run, batch, demo = listed(["run"]), listed(["batch"]), listed(["demo"])
+    assert run == batch == demo and {"--policy", "--base-url", "--max-turns", "--segmenter-model"} <= run
 
 
 def test_the_agent_flags_reach_the_spec(tmp_path: Path) -> None:

@@ -129,3 +129,24 @@ def test_result_picture_keeps_a_one_pixel_mask_visible_and_outlines_the_truth() 
     assert np.all(picture == TRUTH_RGB, axis=-1).any()
     plain = result_picture(image, None, None, max_side=768)
     assert plain.shape == (512, 768, 3) and not plain.any()
+
+
+def test_a_tiny_target_gets_an_inset_with_its_truth_and_the_answer_there() -> None:
+    """Report pictures: the inset goes where the ground truth is (not where a wrong, large mask is), and shows
+    both outlines, so a reader sees how the answer covers a target a few pixels wide."""
+    from segloop.tools.overlay import CONTOUR_RGB, INSET_RGB, TRUTH_RGB, result_picture
+
+    image = np.full((1500, 2000, 3), 60, np.uint8)
+    truth = np.zeros((1500, 2000), bool)
+    truth[1300:1310, 1800:1810] = True  # 10 px in a 2000-px image, bottom right
+    mask = np.zeros_like(truth)
+    mask[1290:1320, 1790:1820] = True  # the target and some around it
+    mask[100:700, 100:900] = True  # and a large wrong region: the mask alone would get no inset
+    picture = result_picture(image, mask, truth, max_side=1000)
+    ys, xs = np.nonzero(np.all(picture == INSET_RGB, axis=-1))
+    away = np.hypot(ys - 652, xs - 902) > 60  # the inset's frame, not the mark around the target (650, 900)
+    assert away.any()
+    inset = picture[ys[away].min():ys[away].max(), xs[away].min():xs[away].max()]
+    assert np.all(inset == TRUTH_RGB, axis=-1).sum() > 50 and np.all(inset == CONTOUR_RGB, axis=-1).sum() > 50
+    without_truth = result_picture(image, mask, None, max_side=1000)
+    assert not np.all(without_truth == INSET_RGB, axis=-1).any()  # the mask is large: no inset

@@ -42,6 +42,53 @@ def test_what_reads_episodes_does_not_import_the_engine() -> None:
     assert done.stdout.strip() == "[]"
 
 
+def _requirement_closure(root: str, extras: set[str]) -> dict[str, str]:
+    """Every installed distribution ``root[extras]`` needs, directly or through another, name -> version."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    found: dict[str, str] = {}
+    seen: set[tuple[str, frozenset[str]]] = set()
+    todo = [(root, extras)]
+    while todo:
+        name, wanted = todo.pop()
+        if (canonicalize_name(name), frozenset(wanted)) in seen:
+            continue
+        seen.add((canonicalize_name(name), frozenset(wanted)))
+        try:
+            dist = distribution(name)
+        except PackageNotFoundError:
+            continue  # an optional dependency this platform does not install
+        key = canonicalize_name(dist.metadata["Name"])
+        found[key] = dist.version
+        for line in dist.requires or []:
+            requirement = Requirement(line)
+            if requirement.marker is None or any(requirement.marker.evaluate({"extra": e}) for e in wanted | {""}):
+                todo.append((requirement.name, set(requirement.extras)))
+    return found
+
+
+@pytest.mark.skipif(sys.version_info[:2] != (3, 11), reason="constraints.txt pins the set tested on Python 3.11")
+def test_constraints_pin_everything_the_dev_install_needs() -> None:
+    """The README's claim: the install is pinned by constraints.txt, the whole set the tests passed with."""
+    from packaging.utils import canonicalize_name
+
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, version = line.split(";")[0].strip().split("==")
+            pins[canonicalize_name(name)] = version
+    needed = _requirement_closure("segloop", {"dev"})
+    needed.pop("segloop")
+    unpinned = sorted(set(needed) - set(pins))
+    assert not unpinned, f"installed but not in constraints.txt: {unpinned}"
+    differing = {name: (version, pins[name]) for name, version in needed.items()
+                 if version.split("+")[0] != pins[name]}
+    assert not differing, f"installed version differs from constraints.txt: {differing}"
+
+
 def test_ruff_is_clean() -> None:
     done = subprocess.run([BIN / "ruff", "check", "src", "tests", "scripts"], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-2000:]

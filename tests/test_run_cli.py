@@ -70,8 +70,8 @@ def test_an_unknown_policy_is_refused_by_the_parser(image_path, tmp_path, capsys
     with pytest.raises(SystemExit) as exited:
         cli(["run", str(image_path), "x", "--out", str(tmp_path / "o"), "--policy", "nope"])
     assert exited.value.code == 2
-    assert ("invalid choice: 'nope' (choose from 'compact', 'transformers', 'openai', 'oracle', 'single-shot', "
-            "'random')") in capsys.readouterr().err
+    assert ("invalid choice: 'nope' (choose from 'compact', 'transformers', 'openai', 'oracle', 'compact-expert', "
+            "'single-shot', 'random')") in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("reply", "code", "line"), [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -186,3 +187,17 @@ def test_cli_is_deterministic_and_writes_a_readable_manifest(tmp_path: Path, cap
 
     assert cli_main(["synth", "--out", str(tmp_path / "d"), "--n", "0"]) == 2
     assert "--n must be at least 1" in capsys.readouterr().err
+
+
+def test_segloop_synth_defaults_to_the_world_the_bundled_agent_was_trained_on(capsys: pytest.CaptureFixture) -> None:
+    """Item 10: `segloop synth` with no world flags writes the world of scripts/train_default_agent.sh."""
+    script = (Path(__file__).resolve().parents[1] / "scripts" / "train_default_agent.sh").read_text()
+    world = re.search(r'^WORLD="(\w+):(\d+)"$', script, re.MULTILINE)
+    rate = re.search(r'--data "synth:\$\{WORLD\}:1:\d+:([\d.]+)"', script)
+    assert world and rate
+    with pytest.raises(SystemExit):
+        cli_main(["synth", "--help"])
+    text = " ".join(capsys.readouterr().out.split("\noptions:\n", 1)[1].split())
+    assert f"--size SIZE image side in pixels (default: {world.group(2)})" in text
+    assert f"(default: {world.group(1)})" in text.split("--difficulty", 1)[1].split("--no-target-rate")[0]
+    assert f"(default: {rate.group(1)})" in text.split("--no-target-rate", 1)[1]

@@ -2,6 +2,7 @@
 
 import asyncio
 import copy
+import json
 
 import numpy as np
 import pytest
@@ -154,6 +155,10 @@ def test_sft_from_a_refreshed_pool_then_grpo_and_resume_through_the_cli(tmp_path
     assert cli_main([*grpo, "--steps", "3", "--resume"]) == 0
     rows = CurveLog(tmp_path / "grpo" / "grpo_log.csv").rows()
     assert [r["step"] for r in rows] == ["0", "1", "2", "3"]  # resumed at 3, nothing repeated
+    final = json.loads((tmp_path / "grpo" / "final" / "checkpoint.json").read_text())
+    assert final["step"] == 3 and final["which"] == "last" and final["best_held_out"]["step"] in (0, 2, 3)
+    summary = json.loads((tmp_path / "grpo" / "grpo_summary.json").read_text())
+    assert summary["result"].endswith("(the last step, 3)") and summary["cpu_min"] >= 0
     assert all(0 <= float(r["zoom_rate"]) <= 1 for r in rows[1:])
     assert cli_main(["train", "grpo", "--model", str(tmp_path / "nowhere"), "--data", world,
                      "--out", str(tmp_path / "bad")]) == 2

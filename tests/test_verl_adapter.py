@@ -4,7 +4,8 @@ Runs here always: ``rl.verl.episode.run_episode`` (the body of ``SegloopAgentLoo
 server manager that speaks verl's protocol (``generate(request_id, *, prompt_ids, sampling_params,
 image_data)`` -> ``TokenOutput(token_ids, log_probs, ...)``), backed by the tiny model, which re-processes
 the images it is sent as a server does; its output is checked against a ``TransformersPolicy`` ledger of the
-same episode; configs/verl read back. Runs where verl is importable (its own environment, docs/verl.md): the
+same episode; configs/verl read back. Runs where verl is importable (its own environment, .venv-verl from
+``bash scripts/setup.sh --verl``, where .ci/run runs this file; docs/verl.md): the
 same episode through verl's real ``AgentLoopBase`` (built from configs/verl/agent_loops.yaml as verl's worker
 builds it), ``RLHFDataset`` (reading our exported parquet), ``TokenOutput`` and ``AgentLoopOutput``; and
 configs/verl/segloop_grpo.yaml composed with verl's own Hydra config and checked by its ``validate_config``.
@@ -41,8 +42,9 @@ from segloop.tools.segmenters import build_segmenter
 
 SIDE = 112
 HAS_VERL = importlib.util.find_spec("verl") is not None
-VERL_MISSING = ("verl is not installed here (it pins its own transformers and torch: run this file in verl's "
-                "environment, docs/verl.md)")
+VERL_MISSING = ("verl is not installed in this environment (verl 0.9.1 pins transformers below 5.11): these run in "
+                ".venv-verl, `bash scripts/setup.sh --verl && .venv-verl/bin/python -m pytest "
+                "tests/test_verl_adapter.py`, which .ci/run does")
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "verl"
 

@@ -1,8 +1,9 @@
 """``segloop``: the command line, and the composition root: the only layer that imports every other.
 
-Each subcommand lives in its own module of this package, imported only when used, so ``segloop --help``
-stays fast; a module gives ``add_arguments(parser)`` and ``main(args) -> int``. Help texts show every
-default. Errors a user can cause end in one clear line on stderr and a non-zero exit, never a traceback.
+Each subcommand lives in its own module of this package (or is an object of one: ``module:name``), imported
+only when used, so ``segloop --help`` stays fast; it gives ``add_arguments(parser)`` and ``main(args) -> int``.
+Help texts show every default. Errors a user can cause end in one clear line on stderr and a non-zero exit, never
+a traceback.
 """
 
 from __future__ import annotations
@@ -10,20 +11,21 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import Any
 
 from segloop.evaluation.provenance import segloop_version
 
-# name -> (module, one-line help). Nested names ("bench tools") are subcommands of a group.
+# name -> (module or "module:object", one-line help). Nested names ("bench tools") are subcommands of a group.
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("segloop.cli.run", "run the agent on one image and request"),
     "batch": ("segloop.cli.batch", "run episodes over a dataset and score them (resumable)"),
     "demo": ("segloop.cli.demo", "start the Gradio chat demo"),
     "synth": ("segloop.cli.synth", "write a seeded synthetic world of cluttered scenes with referring queries"),
     "eval-masks": ("segloop.cli.eval_masks", "score a folder of predicted mask PNGs against a dataset"),
-    "train cache": ("segloop.cli.train_cache", "render the views the compact policy's perception learns from, once"),
-    "train pretrain": ("segloop.cli.train_pretrain", "dense pre-training of the compact policy's perception"),
-    "train sft": ("segloop.cli.train_sft", "imitation of an expert (on its episodes, or DAgger on the student's)"),
-    "train grpo": ("segloop.cli.train_grpo", "GRPO on the IoU of the submitted mask"),
+    "train cache": ("segloop.cli.train:cache", "render the views the compact policy's perception learns from, once"),
+    "train pretrain": ("segloop.cli.train:pretrain", "dense pre-training of the compact policy's perception"),
+    "train sft": ("segloop.cli.train:sft", "imitation of an expert (on its episodes, or DAgger on the student's)"),
+    "train grpo": ("segloop.cli.train:grpo", "GRPO on the IoU of the submitted mask"),
     "make-tiny": ("segloop.cli.make_tiny", "build a tiny Qwen2.5-VL-architecture model that trains on a CPU"),
     "export-verl": ("segloop.cli.export_verl", "write samples as verl's RLHFDataset parquet (segloop_agent loop)"),
     "bench tools": ("segloop.cli.bench_tools", "time SAM2 encode/prompt, overlays and GrabCut on this machine"),
@@ -58,11 +60,18 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
                 group_parser = top.add_parser(group, help=f"{group} commands")
                 groups[group] = group_parser.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
             sub = groups[group].add_parser(leaf, **options)
-        sub.set_defaults(_module=module)
+        sub.set_defaults(_command=module)
         # Only the invoked command's module is imported (its imports may be heavy).
         if argv[: len(words)] == words:
-            importlib.import_module(module).add_arguments(sub)
+            _command(module).add_arguments(sub)
     return parser
+
+
+def _command(target: str) -> Any:
+    """The module (or ``module:object``) that implements a command."""
+    module, _, name = target.partition(":")
+    found = importlib.import_module(module)
+    return getattr(found, name) if name else found
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(argv).parse_args(argv)
     args._argv = argv  # the command line as given: what an interrupted batch prints to resume
     try:
-        return int(importlib.import_module(args._module).main(args) or 0)
+        return int(_command(args._command).main(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

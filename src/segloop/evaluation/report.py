@@ -1,6 +1,8 @@
-"""``report.html`` of a batch folder: a static page with what made the results (provenance), the metrics, and
-every episode: the input with the ground truth's outline, the final mask, and every turn next to its overlay.
-Failed and EMPTY episodes are flagged. Links are relative, so the folder can be moved or served as it is."""
+"""``report.html`` of a batch folder: a static page that leads with the results (the answers counted, gIoU and
+cIoU overall, by size and by kind), then what made them (provenance, folded), then every episode: the input
+with the ground truth's outline, the final mask (both with a zoomed inset around a small target), and every
+turn next to what the agent was shown. Failed and EMPTY episodes are flagged; a count is painted as an alarm
+only when it is not zero. Links are relative, so the folder can be moved or served as it is."""
 
 from __future__ import annotations
 
@@ -27,11 +29,25 @@ summary{cursor:pointer}.turn{display:flex;gap:1em;margin:.5em 0;align-items:flex
 
 
 def _table(metrics: dict[str, Any]) -> str:
-    rows = [("all", metrics)] + [(f"size={k}", v) for k, v in metrics.get("by_size", {}).items()] + [
-        (f"kind={k}", v) for k, v in metrics.get("by_kind", {}).items()]
+    rows = [("all", metrics)] + [(f"size {k}", v) for k, v in metrics.get("by_size", {}).items()] + [
+        (f"kind {k}", v) for k, v in metrics.get("by_kind", {}).items()]
     body = "".join(f"<tr><th>{html.escape(name)}</th><td>{row['n']}</td><td>{row['giou']:.4f}</td>"
                    f"<td>{row['ciou']:.4f}</td></tr>" for name, row in rows)
-    return f"<table><tr><th>group</th><th>n</th><th>gIoU</th><th>cIoU</th></tr>{body}</table>"
+    return f"<table><tr><th>samples</th><th>n</th><th>gIoU</th><th>cIoU</th></tr>{body}</table>"
+
+
+def _did(metrics: dict[str, Any]) -> str:
+    """What the episodes did, in a line: turns, valid actions, tool use, throughput."""
+    parts = []
+    if "turns" in metrics:
+        parts.append(f"{metrics['turns']:.2f} turns an episode")
+    if "valid_rate" in metrics:
+        parts.append(f"{metrics['valid_rate']:.1%} of the actions valid")
+    if metrics.get("tool_calls"):
+        parts.append("calls: " + ", ".join(f"{name} {count}" for name, count in metrics["tool_calls"].items()))
+    if "episodes_per_s" in metrics:
+        parts.append(f"{metrics['episodes_per_s']:.2f} episodes/s")
+    return f"<p>{html.escape('; '.join(parts))}.</p>" if parts else ""
 
 
 def _provenance(provenance: dict[str, Any]) -> str:
@@ -45,14 +61,23 @@ def _provenance(provenance: dict[str, Any]) -> str:
         rows.append(("runs", "; ".join(f"{r.get('started')} -> {r.get('ended') or 'interrupted'} on {r.get('host')}: "
                                        f"{r.get('episodes_run')} episodes" for r in runs)))
     body = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(json.dumps(v))}</td></tr>" for k, v in rows)
-    return f"<h2>What made these results</h2><table class='prov'>{body}</table>"
+    configuration = provenance.get("configuration", {})
+    agent = configuration.get("agent", {})
+    headline = ", ".join(str(x) for x in (agent.get("policy"), agent.get("model"), agent.get("segmenter"),
+                                          configuration.get("data"), provenance.get("segloop"),
+                                          provenance.get("git_commit")) if x)
+    return (f"<details class='prov'><summary><b>What made these results</b> · {html.escape(headline)}</summary>"
+            f"<table class='prov'>{body}</table></details>")
 
 
 def _counts(metrics: dict[str, Any]) -> str:
     n = metrics.get("n", 0)
-    parts = [f"{metrics.get('masks', 0)} masks", f"<span class='bad'>{metrics.get('empty', 0)} EMPTY masks</span>",
-             f"{metrics.get('no_target_answers', 0)} 'no such object'",
-             f"<span class='bad'>{metrics.get('failed', 0)} FAILED</span>"]
+
+    def alarm(count: int, what: str) -> str:  # red only when there is something to see
+        return f"<span class='bad'>{count} {what}</span>" if count else f"{count} {what}"
+
+    parts = [f"{metrics.get('masks', 0)} masks", alarm(metrics.get("empty", 0), "EMPTY masks"),
+             f"{metrics.get('no_target_answers', 0)} 'no such object'", alarm(metrics.get("failed", 0), "FAILED")]
     text = f"<p>{n} samples: {', '.join(parts)}. Failed episodes count as IoU 0.</p>"
     if metrics.get("failed"):
         reasons = "".join(f"<li>{html.escape(k)}: {html.escape(v)}</li>"
@@ -112,8 +137,6 @@ def write_report(out: Path, records: list[dict[str, Any]], metrics: dict[str, An
     """Write ``out/report.html``; failed episodes first, then the worst answers, as that is where one looks.
     Episode pictures are linked only where the batch saved them (``--no-overlays`` saves none)."""
     ordered = sorted(records, key=lambda r: (r.get("failure") is None, r.get("iou", -1.0), r["sample_id"]))
-    extra = {k: metrics[k] for k in ("turns", "valid_rate", "tool_calls", "submit_rate", "episodes_per_s")
-             if k in metrics}
     episodes = []
     for record in ordered:
         part = _episode(record)
@@ -124,10 +147,9 @@ def write_report(out: Path, records: list[dict[str, Any]], metrics: dict[str, An
     table = ("<p class='bad'><b>Every episode failed: there are no results to score.</b></p>" if all_failed
              else _table(metrics))
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>segloop batch</title><style>{_STYLE}</style>"
-            f"</head><body><h1>segloop batch: {len(records)} episodes</h1>{_provenance(metrics.get('provenance', {}))}"
-            f"<h2>Results</h2>{_counts(metrics)}{table}"
-            f"<pre>{html.escape(json.dumps(extra, indent=1))}</pre><h2>Episodes (failed first, then worst first)</h2>"
-            f"{''.join(episodes)}</body></html>")
+            f"</head><body><h1>segloop batch: {len(records)} episodes</h1>"
+            f"<h2>Results</h2>{_counts(metrics)}{table}{_did(metrics)}{_provenance(metrics.get('provenance', {}))}"
+            f"<h2>Episodes (failed first, then worst first)</h2>{''.join(episodes)}</body></html>")
     path = out / "report.html"
     path.write_text(page, encoding="utf-8")
     return path

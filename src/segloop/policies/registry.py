@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from pydantic import BaseModel
 
@@ -32,7 +32,8 @@ POLICIES: dict[str, tuple[str, str]] = {
 # Policies that read the ground truth: for expert data, upper bounds and baselines, never for new images.
 NEEDS_TRUTH = ("oracle", "compact-expert", "single-shot")
 # The scripted policies (no model): the experts SFT may imitate.
-SCRIPTED = ("oracle", "compact-expert", "single-shot", "random")
+ScriptedPolicy = Literal["oracle", "compact-expert", "single-shot", "random"]
+SCRIPTED: tuple[str, ...] = get_args(ScriptedPolicy)
 # Policies built from a checkpoint directory (``from_pretrained``): the learnable ones.
 LEARNABLE = ("compact", "transformers")
 
@@ -134,4 +135,5 @@ def unknown_words_note(policy_name: str, words: list[str]) -> str:
     """One line saying that the policy cannot read ``words`` of a request, and what to use instead."""
     listed = ", ".join(repr(w) for w in words)
     return (f"the {policy_name} policy does not know the word{'s' if len(words) != 1 else ''} {listed} (it knows "
-            f"only the words it was trained on); for open vocabulary use a vision-language model backend: {VLM_COMMAND}")
+            "only the words it was trained on); for open vocabulary use a vision-language model backend: "
+            f"{VLM_COMMAND}")

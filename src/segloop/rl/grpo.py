@@ -26,9 +26,7 @@ decisions/s, peak memory; held-out greedy evaluation every ``eval_every`` steps;
 from __future__ import annotations
 
 import asyncio
-import json
 import random
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -80,6 +78,7 @@ class GRPOConfig(BaseModel):
     threads: int = Field(1, ge=1, description="torch CPU threads")
     lora_rank: int | None = Field(None, ge=1, description="transformers models: train a LoRA adapter of this rank")
     gradient_checkpointing: bool = Field(False, description="transformers models: recompute activations in backward")
+    resume: bool = Field(False, description="continue from OUT/checkpoint (its step, optimizer and generator)")
 
 
 def group_advantages(rewards: list[float], group_size: int, normalise: str = "std", min_spread: float = 1e-9
@@ -154,24 +153,28 @@ def _load(config: GRPOConfig, directory: Path) -> LearnablePolicy:
     return load_learnable(directory, **options)
 
 
-def train(config: GRPOConfig, resume: bool = False) -> dict[str, Any]:
+def train(config: GRPOConfig) -> dict[str, Any]:
+    """GRPO from ``config.model`` (or, with ``config.resume``, from ``OUT/checkpoint``) for ``config.steps`` steps,
+    on the shared scaffold (``rl.scaffold``). Returns the summary (``eval``: the last held-out figures)."""
     import torch
 
     from segloop.agent.episode import EpisodeConfig
     from segloop.data.specs import first_items, load_items
     from segloop.evaluation.stats import episode_stats, search_stats
     from segloop.policies.assembly import AgentSpec, build_agent
-    from segloop.rl.curves import CurveLog, plot_curves
     from segloop.rl.rewards import episode_reward
-    from segloop.rl.rollout import EVAL_COLUMNS, eval_row, evaluate, peak_memory_mb, run_episodes
+    from segloop.rl.rollout import EVAL_COLUMNS, eval_row, evaluate, run_episodes
+    from segloop.rl.scaffold import TrainingRun
 
-    torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
-    rng = random.Random(config.seed)
-    config.out.mkdir(parents=True, exist_ok=True)
     checkpoint = config.out / "checkpoint"
-    resuming = resume and (checkpoint / "trainer_state.pt").is_file()
-    policy = _load(config, checkpoint if resuming else config.model)
+    resumed = None
+    if config.resume and (checkpoint / "trainer_state.pt").is_file():
+        resumed = torch.load(checkpoint / "trainer_state.pt", weights_only=False)
+    start_step = resumed["step"] if resumed else 0
+    run = TrainingRun("grpo", config, config.out, steps=config.steps, seed=config.seed, threads=config.threads,
+                      first_step=start_step, resume=resumed is not None)
+    rng = random.Random(config.seed)
+    policy = _load(config, checkpoint if resumed else config.model)
     reference = None
     if config.kl_coef > 0:
         reference = _load(config, config.model)
@@ -180,27 +183,19 @@ def train(config: GRPOConfig, resume: bool = False) -> dict[str, Any]:
             p.requires_grad_(False)
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    start_step = 0
-    if resuming:
-        state = torch.load(checkpoint / "trainer_state.pt", weights_only=False)
-        optimizer.load_state_dict(state["optimizer"])
-        start_step = state["step"]
-        rng.setstate(state["rng"])
-    else:
-        (config.out / "grpo_log.csv").unlink(missing_ok=True)
-    (config.out / "grpo_config.json").write_text(config.model_dump_json(indent=1))
+    if resumed:
+        optimizer.load_state_dict(resumed["optimizer"])
+        rng.setstate(resumed["rng"])
 
     train_items = load_items(config.data)
     eval_items = first_items(config.eval_data, config.eval_n) if config.eval_data else []
     spec = AgentSpec(segmenter=config.segmenter, episode=EpisodeConfig(max_turns=config.max_turns, seed=config.seed))
     agent = build_agent(spec, policy=policy)
-    log = CurveLog(config.out / "grpo_log.csv")
-    # Training-rollout figures (the same names as agent.stats), then the update's, then the held-out ones.
+    # Training-rollout figures (the same names as evaluation.stats), then the update's, then the held-out ones.
     rollout_columns = ["iou", "first_zoom_hit", "some_zoom_hit", "zooms", "zoom_out_rate", "turns", "zoom_rate",
                        "segment_rate", "submit_rate", "valid_rate", "no_target_accuracy", "false_no_target"]
     columns = ["step", "reward_mean", "reward_std", *rollout_columns, "kl", "clip_frac", "entropy", "skipped_groups",
-               "loss", "episodes_per_s", "decisions_per_s", "cpu_min", "wall_min", "peak_mem_mb", *EVAL_COLUMNS]
-    cpu0, wall0 = time.process_time(), time.perf_counter()
+               "loss", "episodes_per_s", "decisions_per_s", *EVAL_COLUMNS]
     summary: dict[str, Any] = {}
 
     def evaluate_now(row: dict[str, Any]) -> None:
@@ -208,16 +203,17 @@ def train(config: GRPOConfig, resume: bool = False) -> dict[str, Any]:
         result = evaluate(agent, eval_items, prefix=f"grpo-eval-{row['step']}")
         row.update(eval_row(result))
         summary["eval"] = result
-        print(f"step {row['step']}: held-out gIoU {result['giou']:.3f} cIoU {result['ciou']:.3f} "
-              f"zoom {result['zoom_rate']:.2f} first zoom holds target {result['first_zoom_hit']}", file=sys.stderr)
+        run.held_out(row["step"], result["giou"])
 
     if eval_items and start_step == 0:
         row = dict.fromkeys(columns)
         row["step"] = 0
         evaluate_now(row)
-        log.write(row)
+        run.write(row)
+        run.progress(0, {"held-out gIoU": row["eval_giou"]}, force=True)
 
     for step in range(start_step + 1, config.steps + 1):
+        # Rollouts: G sampled episodes of each prompt, all in flight at once.
         policy.train(False)
         prompts = rng.sample(train_items, min(config.prompts_per_step, len(train_items)))
         jobs = [(item, f"s{step}-p{p}-g{g}") for p, item in enumerate(prompts) for g in range(config.group_size)]
@@ -230,6 +226,7 @@ def train(config: GRPOConfig, resume: bool = False) -> dict[str, Any]:
         advantages, keep = group_advantages(rewards, config.group_size, config.adv_norm, config.min_spread)
         records = [r.trajectory.ledger for r in results]
         used = [i for i, k in enumerate(keep) if k and records[i]]
+        # The update: clipped policy-gradient passes over the informative episodes.
         stats: dict[str, list[float]] = {}
         policy.train(True)
         loss_value = None
@@ -246,6 +243,7 @@ def train(config: GRPOConfig, resume: bool = False) -> dict[str, Any]:
                 loss_value = loss.item()
                 for key, value in part.items():
                     stats.setdefault(key, []).append(value)
+        # The step's figures, held out every eval_every steps; a checkpoint every save_every.
         elapsed = time.perf_counter() - tic
         decisions = sum(len(r) for r in records)
         mean = sum(rewards) / len(rewards)
@@ -253,25 +251,22 @@ def train(config: GRPOConfig, resume: bool = False) -> dict[str, Any]:
         found = {**episode_stats(trajectories), **search_stats(trajectories, [item.mask for item, _ in jobs]),
                  "iou": sum(b.iou for b in breakdowns) / len(breakdowns)}
         row = dict.fromkeys(columns)
-        row.update(step=step, reward_mean=round(mean, 4),
-                   reward_std=round((sum((r - mean) ** 2 for r in rewards) / len(rewards)) ** 0.5, 4),
-                   **{k: None if found[k] is None else round(found[k], 4) for k in rollout_columns},
-                   skipped_groups=keep.count(False) // config.group_size, loss=loss_value,
-                   episodes_per_s=round(len(results) / rollout_s, 2), decisions_per_s=round(decisions / elapsed, 1),
-                   cpu_min=round((time.process_time() - cpu0) / 60, 2),
-                   wall_min=round((time.perf_counter() - wall0) / 60, 2), peak_mem_mb=round(peak_memory_mb(), 1),
-                   **{k: round(sum(v) / len(v), 5) for k, v in stats.items()})
+        spread = (sum((r - mean) ** 2 for r in rewards) / len(rewards)) ** 0.5
+        row.update(step=step, reward_mean=mean, reward_std=spread,
+                   **{k: found[k] for k in rollout_columns}, skipped_groups=keep.count(False) // config.group_size,
+                   loss=loss_value, episodes_per_s=len(results) / rollout_s, decisions_per_s=decisions / elapsed,
+                   **{k: sum(v) / len(v) for k, v in stats.items()})
         if eval_items and (step % config.eval_every == 0 or step == config.steps):
             evaluate_now(row)
-        log.write(row)
-        print(f"step {step}: reward {row['reward_mean']} iou {row['iou']} zoom {row['zoom_rate']} "
-              f"{row['episodes_per_s']} ep/s", file=sys.stderr)
+        run.write(row)
+        run.progress(step, {"reward": row["reward_mean"], "iou": row["iou"], "zoom": row["zoom_rate"],
+                            "held-out gIoU": row["eval_giou"]}, force=row["eval_giou"] is not None)
         if step % config.save_every == 0 or step == config.steps:
             policy.save_pretrained(checkpoint)
             torch.save({"optimizer": optimizer.state_dict(), "step": step, "rng": rng.getstate()},
                        checkpoint / "trainer_state.pt")
-    policy.save_pretrained(config.out / "final")
-    plot_curves(log.rows(), ["reward_mean", "iou", "first_zoom_hit", "some_zoom_hit", "zoom_out_rate", "eval_giou",
-                             "segment_rate", "entropy", "kl"], config.out / "grpo_curves.png", "GRPO")
-    (config.out / "grpo_summary.json").write_text(json.dumps(summary, indent=1, default=str))
-    return summary
+    summary["final"] = run.save_final(policy, config.steps)
+    held_out = f"held-out gIoU {summary['eval']['giou']:.4f} cIoU {summary['eval']['ciou']:.4f}; " if eval_items else ""
+    return run.finish(summary, ["reward_mean", "iou", "eval_giou", "first_zoom_hit", "some_zoom_hit", "zoom_out_rate",
+                                "segment_rate", "entropy", "kl"], "GRPO",
+                      f"{held_out}model in {config.out / 'final'} (the last step, {config.steps})")

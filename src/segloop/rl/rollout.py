@@ -1,12 +1,10 @@
-"""What both trainers share: episodes run concurrently through the ``Agent`` graph, held-out evaluation
-with the project's metrics, and the process memory figure for logs. Their data come from
-``segloop.data.specs`` (``load_items``, ``first_items``)."""
+"""What both trainers' episodes share: run concurrently through the ``Agent`` graph, and held-out evaluation
+with the project's metrics. Their data come from ``segloop.data.specs`` (``load_items``, ``first_items``); the
+rest of a run (seeding, logs, progress, timing) from ``rl.scaffold``."""
 
 from __future__ import annotations
 
 import asyncio
-import resource
-import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -55,14 +53,3 @@ def evaluate(agent: Agent, items: Sequence[Item], prefix: str = "eval") -> dict[
         metrics.add(score_sample(item.sample.id, result.mask, item.mask, item.ignore, kind=item.sample.kind))
     trajectories = [r.trajectory for r in results]
     return {**metrics.summary(), **episode_stats(trajectories), **search_stats(trajectories, [i.mask for i in items])}
-
-
-def peak_memory_mb() -> float:
-    """Peak resident memory of this process (and, on a GPU, peak allocated device memory) in MiB."""
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    rss_mb = rss / 1024 / 1024 if sys.platform == "darwin" else rss / 1024
-    import torch
-
-    if torch.cuda.is_available():
-        return rss_mb + torch.cuda.max_memory_allocated() / 2**20
-    return rss_mb

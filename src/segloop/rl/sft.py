@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from segloop.data.specs import SPEC_HELP
+from segloop.policies.registry import ScriptedPolicy
 
 if TYPE_CHECKING:
     import torch
@@ -54,7 +55,7 @@ class SFTConfig(BaseModel):
     out: Path = Field(description="output directory (logs, curves, checkpoints)")
     model: Path | None = Field(None, description="a learnable policy directory to start from")
     init: Literal["compact"] | None = Field(None, description="start from a fresh compact policy instead")
-    expert: str = Field("oracle", description="the scripted expert whose turns are imitated")
+    expert: ScriptedPolicy = Field("oracle", description="the scripted expert whose turns are imitated")
     segmenter: str = Field("grabcut", description="segmenter of the expert's episodes")
     steps: int = Field(600, ge=0, description="optimiser steps")
     batch_size: int = Field(16, ge=1, description="expert episodes per step")
@@ -178,7 +179,7 @@ def _cache_key(config: SFTConfig, student: LearnablePolicy, n_items: int) -> str
 def collect_records(agent: Agent, items: list, prefix: str = "expert") -> tuple[list, dict[str, float]]:
     """The student's records of the episodes over ``items`` (``agent`` runs an ``ExpertForcing`` or a
     ``DAggerForcing`` policy), and what those episodes did: their mean IoU (``giou``) and the
-    ``agent.stats`` figures."""
+    ``evaluation.stats`` figures."""
     from segloop.evaluation.stats import episode_stats, search_stats
     from segloop.rl.rollout import run_episodes
     from segloop.tools.masks import iou
@@ -221,18 +222,17 @@ def build_expert(name: str, student: LearnablePolicy, options: dict[str, Any]) -
 
 
 def train(config: SFTConfig) -> dict[str, Any]:
+    """Collect the expert's (or DAgger's) episodes, then imitate them for ``config.steps`` steps, on the
+    shared scaffold (``rl.scaffold``). Returns the summary (``eval``: the last held-out figures)."""
     import torch
 
     from segloop.agent.episode import EpisodeConfig
     from segloop.data.specs import decode, first_items, load_samples
     from segloop.policies.assembly import AgentSpec, build_agent
-    from segloop.rl.curves import CurveLog, plot_curves
-    from segloop.rl.rollout import EVAL_COLUMNS, eval_row, evaluate, peak_memory_mb
+    from segloop.rl.rollout import EVAL_COLUMNS, eval_row, evaluate
+    from segloop.rl.scaffold import TrainingRun
 
-    torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
-    config.out.mkdir(parents=True, exist_ok=True)
-    (config.out / "sft_config.json").write_text(config.model_dump_json(indent=1))
+    run = TrainingRun("sft", config, config.out, steps=config.steps, seed=config.seed, threads=config.threads)
     samples = load_samples(config.data)
     data = decode(samples)
     eval_items = first_items(config.eval_data, config.eval_n) if config.eval_data else []
@@ -288,28 +288,24 @@ def train(config: SFTConfig) -> dict[str, Any]:
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / max(config.warmup, 1)) * max(0.1, 1 - s / max(config.steps, 1)))
-    log = CurveLog(config.out / "sft_log.csv")
     generator = torch.Generator().manual_seed(config.seed)
     summary: dict[str, Any] = {"collect": stats}
-    cpu0, wall0 = time.process_time(), time.perf_counter()
 
     def evaluate_now(step: int, loss: float | None, rate: float | None = None) -> None:
         row: dict[str, Any] = {"step": step, "loss": loss, "lr": schedule.get_last_lr()[0],
-                               "cpu_min": round((time.process_time() - cpu0) / 60, 2),
-                               "wall_min": round((time.perf_counter() - wall0) / 60, 2),
                                **{f"collect_{k}": round(stats.get(k, 0.0), 4) for k in COLLECT_COLUMNS},
                                "decisions_per_s": None if rate is None else round(rate, 1),
-                               "peak_mem_mb": round(peak_memory_mb(), 1), **dict.fromkeys(EVAL_COLUMNS)}
+                               **dict.fromkeys(EVAL_COLUMNS)}
         if eval_items:
             student.train(False)
             result = evaluate(student_agent, eval_items, prefix=f"sft-eval-{step}")
             student.train(True)
             row.update(eval_row(result))
             summary["eval"] = result
-            print(f"step {step}: held-out gIoU {result['giou']:.3f} cIoU {result['ciou']:.3f} "
-                  f"first zoom holds target {result['first_zoom_hit']} some zoom {result['some_zoom_hit']}; "
-                  f"{row['cpu_min']} CPU min", file=sys.stderr)
-        log.write(row)
+            run.held_out(step, result["giou"])
+        run.write(row)
+        run.progress(step, {"loss": loss, "held-out gIoU": row["eval_giou"],
+                            "first zoom holds target": row["eval_first_zoom_hit"]}, force=True)
 
     evaluate_now(0, None)
     student.train(True)
@@ -328,13 +324,15 @@ def train(config: SFTConfig) -> dict[str, Any]:
         schedule.step()
         decisions += sum(len(r) for r in batch)
         if step % config.eval_every == 0 or step == config.steps:
-            evaluate_now(step, round(loss.item(), 5), decisions / (time.perf_counter() - tic))
+            evaluate_now(step, loss.item(), decisions / (time.perf_counter() - tic))
             student.save_pretrained(config.out / f"step_{step:05d}")
             tic, decisions = time.perf_counter(), 0
-        elif step % 10 == 0:
-            log.write({"step": step, "loss": round(loss.item(), 5), "lr": schedule.get_last_lr()[0]})
-    student.save_pretrained(config.out / "final")
-    plot_curves(log.rows(), ["loss", "collect_giou", "eval_giou", "eval_first_zoom_hit", "eval_some_zoom_hit",
-                             "eval_zoom_out_rate"], config.out / "sft_curves.png", f"SFT ({config.mode})")
-    (config.out / "sft_summary.json").write_text(json.dumps(summary, indent=1, default=str))
-    return summary
+        else:
+            if step % 10 == 0:
+                run.write({"step": step, "loss": loss.item(), "lr": schedule.get_last_lr()[0]})
+            run.progress(step, {"loss": loss.item(), "lr": schedule.get_last_lr()[0]})
+    summary["final"] = run.save_final(student, config.steps)
+    held_out = f"held-out gIoU {summary['eval']['giou']:.4f} cIoU {summary['eval']['ciou']:.4f}; " if eval_items else ""
+    return run.finish(summary, ["loss", "lr", "collect_giou", "eval_giou", "eval_first_zoom_hit",
+                                "eval_some_zoom_hit", "eval_zoom_out_rate"], f"SFT ({config.mode})",
+                      f"{held_out}model in {config.out / 'final'} (the last step, {config.steps})")

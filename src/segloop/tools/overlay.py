@@ -162,8 +162,9 @@ def result_picture(image: np.ndarray, mask: np.ndarray | None = None, truth: np.
                    max_side: int = 1024, inset: bool = True) -> np.ndarray:
     """A picture of an episode's result for a person: the image (shrunk to ``max_side``), the mask as a
     green fill with a thick yellow outline, the ground truth (when given) as a magenta outline, and, when
-    ``inset`` and the mask (or, without one, the truth) is small, a zoomed view of its surroundings in the
-    corner farthest from it, its region marked on the image. A small target stays visible at a glance."""
+    ``inset`` and the ground truth (or, without one, the mask) is small, a zoomed view of its surroundings, with
+    both outlines, in the corner farthest from it, its region marked on the image. A small target stays visible
+    at a glance, and so does how the answer covers it."""
     image = as_rgb(image)
     height, width = image.shape[:2]
     scale = min(1.0, max_side / max(height, width))
@@ -181,7 +182,8 @@ def result_picture(image: np.ndarray, mask: np.ndarray | None = None, truth: np.
     clean = canvas.copy()
     for layer, colour in layers:
         _outline(canvas, layer, colour, thickness)
-    focus = next((box_of(layer) for layer, _ in layers if layer.any()), None)
+    # The target decides where to look: the truth when there is one, else the answer.
+    focus = next((box_of(layer) for layer, _ in reversed(layers) if layer.any()), None)
     if not inset or focus is None:
         return canvas
     x1, y1, x2, y2 = focus

@@ -158,12 +158,15 @@ def _build_shard(args: tuple[dict[str, Any], str, int, int, int]) -> _Shard:
 
 
 def build(config: CacheConfig) -> dict[str, Any]:
-    """Write the cache ``config`` describes; returns its summary (also its ``config.json``)."""
+    """Write the cache ``config`` describes, on the trainers' scaffold (``rl.scaffold``: the config file, the
+    timing, the summary); returns the summary (the cache's ``config.json`` holds it too)."""
+    from segloop.rl.scaffold import TrainingRun
+
     policy_config = CompactConfig(**config.compact_options)
     spec = load_samples(config.data)
     if not isinstance(spec, SynthSamples):
         raise ValueError("the perception cache is made from synth:... scenes")
-    config.out.mkdir(parents=True, exist_ok=True)
+    run = TrainingRun("cache", config, config.out, steps=1, seed=config.seed)
     cpu, wall = time.process_time(), time.perf_counter()
     chunk = 250
     jobs = [(policy_config.model_dump(), config.data, s, min(s + chunk, len(spec)), config.seed)
@@ -203,7 +206,9 @@ def build(config: CacheConfig) -> dict[str, Any]:
                "cpu_s": round(time.process_time() - cpu + children, 1), "wall_s": round(time.perf_counter() - wall, 1),
                "policy_config": policy_config.model_dump()}
     (config.out / "config.json").write_text(json.dumps(summary, indent=1))
-    return summary
+    return run.finish(summary, [], "perception cache",
+                      f"{root_offset} full and {zoom_offset} zoomed views of {len(scenes)} scenes "
+                      f"({summary['objects_labelled']} objects labelled) in {config.out}")
 
 
 def _children_cpu() -> float:

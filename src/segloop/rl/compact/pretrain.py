@@ -16,9 +16,7 @@ views. Logs to ``pretrain_log.csv`` with CPU and wall time; ``final/`` is the po
 
 from __future__ import annotations
 
-import json
 import math
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -196,13 +194,9 @@ def probe(policy: CompactPolicy, cache: PerceptionCache, n: int) -> dict[str, fl
 
 
 def train(config: PretrainConfig) -> dict[str, Any]:
-    from segloop.rl.curves import CurveLog, plot_curves
-    from segloop.rl.rollout import peak_memory_mb
+    from segloop.rl.scaffold import TrainingRun
 
-    torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
-    config.out.mkdir(parents=True, exist_ok=True)
-    (config.out / "pretrain_config.json").write_text(config.model_dump_json(indent=1))
+    run = TrainingRun("pretrain", config, config.out, steps=config.steps, seed=config.seed, threads=config.threads)
     if config.model is not None:
         policy = CompactPolicy.from_pretrained(config.model, greedy=False, seed=config.seed)
     else:
@@ -223,10 +217,7 @@ def train(config: PretrainConfig) -> dict[str, Any]:
         return warm * (config.final_lr_share + (1 - config.final_lr_share) * cosine)
 
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_share)
-    log = CurveLog(config.out / "pretrain_log.csv")
-    log.path.unlink(missing_ok=True)
     rng = np.random.default_rng(config.seed)
-    cpu0, wall0 = time.process_time(), time.perf_counter()
     summary: dict[str, Any] = {"root_views": len(cache.images["root"]), "zoom_views": len(cache.images["zoom"])}
     losses: dict[str, list[float]] = {"root": [], "zoom": []}
     tic = time.process_time()
@@ -235,16 +226,15 @@ def train(config: PretrainConfig) -> dict[str, Any]:
         nonlocal tic
         spent = time.process_time() - tic
         row: dict[str, Any] = {
-            "step": step, "lr": schedule.get_last_lr()[0], "peak_mem_mb": round(peak_memory_mb(), 1),
-            **{f"loss_{k}": round(float(np.mean(v)), 4) if v else None for k, v in losses.items()},
-            "views_per_cpu_s": round(config.eval_every * 2 * config.batch / spent, 1) if step else None}
+            "step": step, "lr": schedule.get_last_lr()[0],
+            **{f"loss_{k}": float(np.mean(v)) if v else None for k, v in losses.items()},
+            "views_per_cpu_s": config.eval_every * 2 * config.batch / spent if step else None}
         if held_out is not None:
             row.update(probe(policy, held_out, config.eval_n))
-        row.update(cpu_min=round((time.process_time() - cpu0) / 60, 2),
-                   wall_min=round((time.perf_counter() - wall0) / 60, 2))
-        log.write(row)
-        summary["last"] = row
-        print(json.dumps(row), file=sys.stderr, flush=True)
+        summary["last"] = run.write(row)
+        shown = ("loss_root", "loss_zoom", "recall", "top1", "top3", "judge_attribute_target",
+                 "judge_attribute_lookalike")
+        run.progress(step, {k: row.get(k) for k in shown}, force=True)
         for values in losses.values():
             values.clear()
         tic = time.process_time()
@@ -268,11 +258,9 @@ def train(config: PretrainConfig) -> dict[str, Any]:
         if step % config.eval_every == 0 or step == config.steps:
             evaluate(step)
             policy.save_pretrained(config.out / "last")
-    policy.save_pretrained(config.out / "final")
-    summary.update(cpu_min=round((time.process_time() - cpu0) / 60, 2),
-                   wall_min=round((time.perf_counter() - wall0) / 60, 2))
-    plot_curves(log.rows(), ["loss_root", "loss_zoom", "recall", "top1", "top3"], config.out / "pretrain_curves.png",
-                "dense pre-training")
-    (config.out / "pretrain_summary.json").write_text(json.dumps(summary, indent=1, default=str))
-    return summary
-
+        else:
+            run.progress(step, {f"loss_{k}": v[-1] for k, v in losses.items()})
+    summary["final"] = run.save_final(policy, config.steps)
+    return run.finish(summary, ["loss_root", "loss_zoom", "recall", "top1", "top3", "judge_attribute_target",
+                                "judge_attribute_lookalike"], "dense pre-training of perception",
+                      f"model in {config.out / 'final'} (the last step, {config.steps})")
