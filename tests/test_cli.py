@@ -124,7 +124,8 @@ def test_run_batch_and_demo_take_the_same_agent_flags_with_the_same_choices() ->
     for flag in ("--policy", "--model", "--segmenter", "--segmenter-model", "--max-side", "--max-turns", "--seed",
                  "--base-url", "--temperature", "--tool-mode"):
         assert flag in run, flag
-    assert set(run["--policy"]) == {"compact", "transformers", "openai", "oracle", "compact-expert", "single-shot", "random"}
+    assert set(run["--policy"]) == {"compact", "transformers", "openai", "oracle", "compact-expert", "single-shot",
+                                    "random"}
 
 
 def test_their_help_texts_list_the_same_agent_flags(capsys: pytest.CaptureFixture[str]) -> None:
