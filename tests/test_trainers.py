@@ -151,7 +151,11 @@ def test_sft_from_a_refreshed_pool_then_grpo_and_resume_through_the_cli(tmp_path
     grpo = ["train", "grpo", "--model", str(tmp_path / "sft" / "final"), "--data", "synth:easy:256:2:100000",
             "--eval-data", held_out, "--eval-n", "4", "--out", str(tmp_path / "grpo"), "--prompts-per-step", "2",
             "--group-size", "4", "--eval-every", "2", "--save-every", "1"]
-    assert cli_main([*grpo, "--steps", "2"]) == 0
+    assert cli_main([*grpo, "--steps", "2", "--final", "best"]) == 0
+    chosen = json.loads((tmp_path / "grpo" / "final" / "checkpoint.json").read_text())
+    evaluations = {int(r["step"]): float(r["eval_giou"]) for r in CurveLog(tmp_path / "grpo" / "grpo_log.csv").rows()
+                   if r["eval_giou"]}
+    assert chosen["which"] == "best" and evaluations[chosen["step"]] == max(evaluations.values())
     assert cli_main([*grpo, "--steps", "3", "--resume"]) == 0
     rows = CurveLog(tmp_path / "grpo" / "grpo_log.csv").rows()
     assert [r["step"] for r in rows] == ["0", "1", "2", "3"]  # resumed at 3, nothing repeated

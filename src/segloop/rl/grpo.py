@@ -26,6 +26,7 @@ decisions/s, peak memory; held-out greedy evaluation every ``eval_every`` steps;
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
 from pathlib import Path
@@ -74,6 +75,10 @@ class GRPOConfig(BaseModel):
     eval_every: int = Field(20, ge=1, description="steps between held-out evaluations")
     eval_n: int = Field(50, ge=1, description="held-out samples per evaluation")
     save_every: int = Field(20, ge=1, description="steps between checkpoints (OUT/checkpoint, for --resume)")
+    final: Literal["last", "best"] = Field("last", description="final/ is the last step's policy, or the one with the "
+                                                               "best held-out gIoU on --eval-data (kept in OUT/best; "
+                                                               "--eval-data then takes part in training: report on "
+                                                               "other data)")
     seed: int = Field(0, description="seed of prompt sampling and rollouts")
     threads: int = Field(1, ge=1, description="torch CPU threads")
     lora_rank: int | None = Field(None, ge=1, description="transformers models: train a LoRA adapter of this rank")
@@ -203,6 +208,9 @@ def train(config: GRPOConfig) -> dict[str, Any]:
         result = evaluate(agent, eval_items, prefix=f"grpo-eval-{row['step']}")
         row.update(eval_row(result))
         summary["eval"] = result
+        if config.final == "best" and all(result["giou"] > giou for _, giou in run.evaluations):
+            policy.save_pretrained(config.out / "best")
+            (config.out / "best" / "step.json").write_text(json.dumps({"step": row["step"], "giou": result["giou"]}))
         run.held_out(row["step"], result["giou"])
 
     if eval_items and start_step == 0:
@@ -265,8 +273,14 @@ def train(config: GRPOConfig) -> dict[str, Any]:
             policy.save_pretrained(checkpoint)
             torch.save({"optimizer": optimizer.state_dict(), "step": step, "rng": rng.getstate()},
                        checkpoint / "trainer_state.pt")
-    summary["final"] = run.save_final(policy, config.steps)
     held_out = f"held-out gIoU {summary['eval']['giou']:.4f} cIoU {summary['eval']['ciou']:.4f}; " if eval_items else ""
+    if config.final == "best" and (config.out / "best" / "step.json").is_file():
+        best_step = json.loads((config.out / "best" / "step.json").read_text())["step"]
+        summary["final"] = run.save_final(_load(config, config.out / "best"), best_step, which="best")
+        which = f"the best by held-out gIoU, step {best_step}"
+    else:
+        summary["final"] = run.save_final(policy, config.steps)
+        which = f"the last step, {config.steps}"
     return run.finish(summary, ["reward_mean", "iou", "eval_giou", "first_zoom_hit", "some_zoom_hit", "zoom_out_rate",
                                 "segment_rate", "entropy", "kl"], "GRPO",
-                      f"{held_out}model in {config.out / 'final'} (the last step, {config.steps})")
+                      f"{held_out}model in {config.out / 'final'} ({which})")

@@ -132,15 +132,16 @@ class TrainingRun:
         self.evaluations.append((step, float(giou)))
 
     # -- at the end -----------------------------------------------------------------------------------------
-    def save_final(self, policy: Saveable, step: int) -> dict[str, Any]:
-        """Save ``final/`` (the policy at ``step``, the last one) and ``final/checkpoint.json`` saying which it is and
-        how it compares held out with the run's best evaluation; a final score below the best is said on stderr."""
+    def save_final(self, policy: Saveable, step: int, which: str = "last") -> dict[str, Any]:
+        """Save ``final/`` (the policy at ``step``: the last one, or the ``which="best"`` held-out one) and
+        ``final/checkpoint.json`` saying which it is and how it compares held out with the run's best evaluation; a
+        final score below the best is said on stderr."""
         final = self.out / "final"
         policy.save_pretrained(final)
-        record: dict[str, Any] = {"step": step, "which": "last"}
+        record: dict[str, Any] = {"step": step, "which": which}
         if self.evaluations:
             best_step, best = max(self.evaluations, key=lambda e: e[1])
-            last_step, last = self.evaluations[-1]
+            last_step, last = next((e for e in reversed(self.evaluations) if e[0] == step), self.evaluations[-1])
             record.update(held_out_giou=last if last_step == step else None,
                           best_held_out={"step": best_step, "giou": best})
             if last_step == step and last < best - WORSE_BY:
