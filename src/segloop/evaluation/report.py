@@ -12,6 +12,7 @@ from typing import Any
 
 from segloop.agent.records import episode_folder
 from segloop.evaluation.provenance import flatten
+from segloop.tools.files import write_record
 
 _STYLE = """
 body{font-family:sans-serif;margin:1.5em;max-width:1400px}
@@ -128,9 +129,7 @@ def write_report(out: Path, records: list[dict[str, Any]], metrics: dict[str, An
             f"<h2>Results</h2>{_counts(metrics)}{table}"
             f"<pre>{html.escape(json.dumps(extra, indent=1))}</pre><h2>Episodes (failed first, then worst first)</h2>"
             f"{''.join(episodes)}</body></html>")
-    path = out / "report.html"
-    path.write_text(page, encoding="utf-8")
-    return path
+    return write_record(out / "report.html", page)
 
 
 def _strip_images(part: str) -> str:
