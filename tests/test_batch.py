@@ -185,7 +185,8 @@ def test_results_record_what_made_them_and_another_configuration_is_refused(tmp_
     provenance = json.loads((out / "metrics.json").read_text())["provenance"]
     agent = provenance["configuration"]["agent"]
     assert agent["policy"] == "oracle" and agent["segmenter"] == "grabcut" and agent["model"] is None
-    assert agent["episode"] == {"max_turns": 6, "zoom_min_side": 28, "max_zoom": 16.0, "seed": 3}
+    assert agent["episode"] == {"max_turns": 6, "zoom_min_side": 28, "max_zoom": 16.0, "seed": 3,
+                                "guess_unknown_words": False}
     assert provenance["configuration"]["data"] == str(manifest.resolve())
     assert provenance["policy_settings"]["name"] == "oracle" and provenance["policy_settings"]["max_side"] == 224
     assert provenance["segloop"] and provenance["host"] and "git_commit" in provenance
@@ -392,3 +393,44 @@ def test_episode_folders_are_safe_and_distinct():
     assert episode_folder("plain_id-1.x") == "plain_id-1.x"
     names = {episode_folder(x) for x in ("a/b", "a_b", "a b", "../a/b")}
     assert len(names) == 4 and all("/" not in n and not n.startswith(".") for n in names)
+
+
+def _file_size_limit(limit: int):
+    """For a child process: writing past ``limit`` bytes of any file fails (EFBIG) as a full disk does (ENOSPC)."""
+    import resource
+
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write instead of killing the process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("overlays", "failing"), [(False, "trajectories.jsonl"), (True, ".png")])
+def test_a_full_disk_names_the_file_prints_the_resume_command_and_leaves_no_tmp(tmp_path, overlays, failing):
+    """Issue 18 item 9, with a real process whose writes fail past a size (the records' file, or an episode's
+    picture written through a temporary file): one line naming the file, the episodes saved, the command that
+    resumes; no ``.tmp`` left behind; that command finishes the batch."""
+    manifest = write_dataset(tmp_path / "data", 6, broken=False)
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "segloop", "batch", "--data", str(manifest), "--policy", "oracle",
+               "--out", str(out), "--quiet", "--max-side", "224", "--concurrency", "1",
+               *([] if overlays else ["--no-overlays"])]
+    # No file of anyone else written under the limit: git (the provenance asks it for the commit) takes no lock.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1", "GIT_OPTIONAL_LOCKS": "0"}
+    full = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+                          preexec_fn=_file_size_limit(9000 if not overlays else 20_000))
+    assert full.returncode == 2, full.stderr
+    line = full.stderr.strip()
+    match = re.fullmatch(r"segloop batch: \[Errno \d+\] cannot write (\S+): File too large; (\d+) episodes saved in "
+                         r"(\S+)\. Free some space, then resume with: (.+)", line)
+    assert match, line
+    assert match.group(1).endswith(failing) and Path(match.group(3)) == out
+    assert int(match.group(2)) == len(read_finished(out / "trajectories.jsonl")) < 6
+    assert not list(out.rglob("*.tmp"))
+    resumed = subprocess.run(shlex.split(match.group(4)), cwd=ROOT, env=env, capture_output=True, text=True,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert sorted(r["sample_id"] for r in read_finished(out / "trajectories.jsonl")) == [f"s/{i}" for i in range(6)]
+    assert json.loads((out / "metrics.json").read_text())["n"] == 6 and not list(out.rglob("*.tmp"))
