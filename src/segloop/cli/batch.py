@@ -170,7 +170,8 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
         words = list(dict.fromkeys(w for ws in unknown.values() for w in ws))
         queries = sum(bool(ws) for ws in unknown.values())
         print(f"segloop batch: note: {queries} of {len(samples)} queries: "
-              f"{unknown_words_note(agent.policy.name, words[:8])}", file=sys.stderr, flush=True)
+              f"{unknown_words_note(agent.policy.name, words[:8], 'batch --data SPEC --out DIR')}", file=sys.stderr,
+              flush=True)
     if note := await preflight(agent.policy):
         print(f"segloop batch: note: {note}", file=sys.stderr, flush=True)
     configuration = {"agent": compared_settings(spec), "data": spec_identity(args.data)}
