@@ -356,8 +356,9 @@ def test_outage_then_recovery_reruns_exactly_the_failed_episodes(tmp_path, capsy
     manifest = write_dataset(tmp_path / "data", 8, broken=False)
 
     def run(url: str, out: Path) -> int:
+        # The outage is under way when the batch starts: past the preflight (which would refuse to start).
         return cli(["batch", "--data", str(manifest), "--policy", "openai", "--model", "served", "--base-url", url,
-                    "--out", str(out), "--quiet", "--concurrency", "8", "--max-side", "224"])
+                    "--out", str(out), "--quiet", "--concurrency", "8", "--max-side", "224", "--no-preflight"])
 
     script = scripted_turns([SEGMENT_REPLY, SUBMIT_REPLY])
     out = tmp_path / "run"
@@ -381,10 +382,38 @@ def test_outage_then_recovery_reruns_exactly_the_failed_episodes(tmp_path, capsy
     keys = ("n", "giou", "ciou", "by_kind", "by_size", "per_sample", "answered", "masks", "empty", "failed")
     assert {k: recovered[k] for k in keys} == {k: clean[k] for k in keys}
     assert recovered["episodes_run"] == 8 and len(recovered["provenance"]["runs"]) == 2
+    # Issue 18 item 10: the totals count the outage's attempts too, not only the requests of the second run.
+    assert recovered["server"]["requests"] == requests_down + 16 == failed["server"]["requests"] + 16
+    assert recovered["server"]["failed_attempts"] == {"503": requests_down}
     print(f"\noutage: failed {failed['failed']}/{failed['n']}, gIoU {failed['giou']:.4f}; after recovery: "
           f"failed {recovered['failed']}, gIoU {recovered['giou']:.4f} cIoU {recovered['ciou']:.4f}, "
           f"{recovered['episodes_run']} episodes re-run; uninterrupted: gIoU {clean['giou']:.4f} "
           f"cIoU {clean['ciou']:.4f}")
+
+
+def test_an_outage_stops_the_batch_early_with_the_resume_command(tmp_path, capsys):
+    """Issue 18 item 10: once 5 episodes in a row failed reaching the server, no more are started (each would spend
+    its retries on the same outage); the command says so with the command that resumes, and that command, once the
+    server is back, runs the failed and the unstarted episodes."""
+    manifest = write_dataset(tmp_path / "data", 12, broken=False)
+    out = tmp_path / "run"
+    command = ["batch", "--data", str(manifest), "--policy", "openai", "--model", "served", "--out", str(out),
+               "--quiet", "--concurrency", "1", "--max-side", "224", "--retries", "1", "--backoff", "0.01",
+               "--no-preflight"]
+    with OpenAIServer(script=scripted_turns([SEGMENT_REPLY, SUBMIT_REPLY]), fail_first=10**9,
+                      fail_status=503) as server:
+        assert cli([*command, "--base-url", server.base_url]) == 1
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith("segloop batch: STOPPED EARLY: 5 episodes in a row failed reaching the server (")
+        assert err.endswith(f"7 samples were not run. 5 episodes saved in {out} (5 failed); resume with: "
+                            f"{shlex.join([sys.executable, '-m', 'segloop', *command, '--base-url', server.base_url])}")
+        assert len(server.requests) == 5 * 2  # each one request and its one retry; nothing after the fifth
+        server.fail_first = 0
+        assert cli([*command, "--base-url", server.base_url]) == 0
+    assert len(read_finished(out / "trajectories.jsonl")) == 12
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["failed"] == 0 and "stopped_early" not in metrics
+    assert metrics["server"]["failed_attempts"] == {"503": 10}
 
 
 def test_episode_folders_are_safe_and_distinct():

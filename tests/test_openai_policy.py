@@ -584,8 +584,9 @@ def test_the_demo_gives_ui_chosen_servers_the_command_line_knobs() -> None:
 
     backends = Backends(AgentSpec(), {"temperature": 0.0, "tool_mode": "native"})
     spec = backends.spec_for(BackendChoice(kind="openai", url="http://gpu-box:8000/v1", model="m"))
+    # Another server than the command line's (localhost:8000 here): no key of ours goes to it.
     assert spec.policy_options == {"retries": 1, "temperature": 0.0, "tool_mode": "native",
-                                   "base_url": "http://gpu-box:8000/v1"}
+                                   "base_url": "http://gpu-box:8000/v1", "api_key_env": None}
     assert cli(["demo", "--temperature", "-1"]) == 2
 
 

@@ -43,7 +43,8 @@ is counted and answered, as stock ``transformers serve`` does with a checkpoint 
 tokenizer); a ``Fault`` with ``echo_headers`` puts the request's headers into its error message (as some proxies
 and debugging servers do: the API key with them). It can also wait ``latency_s`` before every answer (requests
 are served in parallel threads, as a batching server overlaps them) and require an API key. Every request body is
-kept in ``requests``, its size in ``request_sizes``. Token counts (``usage``) are rough, a quarter of the request's
+kept in ``requests``, its size in ``request_sizes``, its ``Authorization`` header (or None) in
+``authorizations``. Token counts (``usage``) are rough, a quarter of the request's
 bytes, and left out when ``count_tokens`` is False (as some servers do).
 """
 
@@ -252,6 +253,7 @@ class OpenAIServer:
         self.drop_images = drop_images
         self.count_tokens = count_tokens
         self.requests: list[dict[str, Any]] = []
+        self.authorizations: list[str | None] = []
         self.request_sizes: list[int] = []
         self.statuses: list[int] = []
         self.in_flight = 0
@@ -351,7 +353,7 @@ class OpenAIServer:
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", 0))
                 raw = self.rfile.read(length)
-                if self.path != "/v1/chat/completions":
+                if self.path.split("?")[0] != "/v1/chat/completions":  # a query (?api-version=...) is no route
                     self._send(404, _error(f"no route {self.path}", 404))
                     return
                 if server.api_key and self.headers.get("Authorization") != f"Bearer {server.api_key}":
@@ -369,6 +371,7 @@ class OpenAIServer:
                     return
                 with server._count_lock:
                     server.requests.append(body)
+                    server.authorizations.append(self.headers.get("Authorization"))
                     server.request_sizes.append(length)
                     server.connections.add(self.client_address[:2])
                     server.in_flight += 1

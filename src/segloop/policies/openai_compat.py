@@ -209,6 +209,10 @@ class OpenAIPolicy:
         self.config = config
         self.model = model
         self.base_url = config.base_url
+        # A query in the base URL (``?api-key=...``, ``?api-version=...``) goes with every request, after the path.
+        url = httpx.URL(config.base_url)
+        self._root, self._params = url.copy_with(query=None), url.params
+        self.endpoint = redact(f"{self._root}/chat/completions")  # as messages name it
         self.api_key = (os.environ.get(config.api_key_env) if config.api_key_env else None) or None
         register_secret(self.api_key)  # echoed back in a server's error, it is masked in every record and line
         self.frame = config.frame
@@ -254,7 +258,7 @@ class OpenAIPolicy:
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
         timeout = self.config.request_timeout
-        return httpx.AsyncClient(base_url=self.base_url, headers=headers, verify=self._ssl,
+        return httpx.AsyncClient(base_url=self._root, params=self._params, headers=headers, verify=self._ssl,
                                  limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
                                  timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)))
 
@@ -316,8 +320,8 @@ class OpenAIPolicy:
         try:
             text, source = turn_from_message(choice["message"])
         except TypeError as exc:  # content that is neither text nor parts
-            raise OpenAIPolicyError(redact(f"{self.base_url}/chat/completions answered with a message segloop cannot "
-                                           f"read: {exc}"), attempts.info()) from None
+            raise OpenAIPolicyError(redact(f"{self.endpoint} answered with a message segloop cannot read: {exc}"),
+                                    attempts.info()) from None
         finish = choice.get("finish_reason")
         if "stop" in sent and finish == "stop" and text.rfind("<tool_call>") > text.rfind(STOP):
             text += STOP  # servers drop a matched stop string from the text
@@ -382,7 +386,7 @@ class OpenAIPolicy:
     async def _attempts(self, slot: list[httpx.AsyncClient], body: dict[str, Any], attempts: _Attempts
                         ) -> tuple[dict[str, Any], dict[str, Any]]:
         config = self.config
-        url = f"{self.base_url}/chat/completions"
+        url = self.endpoint
         data = json.dumps(body, separators=(",", ":")).encode()
         transient = timeouts = malformed = unexplained = 0
         dropped_stop = False

@@ -29,7 +29,7 @@ _QUERY_SECRET = re.compile(r"(?i)([?&;][\w.-]*(?:key|token|secret|passw(?:or)?d|
 # A header echoed back ("Authorization: Bearer KEY", JSON or repr quoting), and a bearer token elsewhere; a token
 # holds a digit or punctuation, so that prose ("the flag bearer stands") is left alone.
 _AUTHORIZATION = re.compile(r"(?i)(authorization[\"']?\s*[:=]\s*[\"']?(?:(?:bearer|basic|token)\s+)?)[^\s\"',}]+")
-_BEARER = re.compile(r"(?i)(\bbearer\s+)(?=[A-Za-z]*[0-9_~+/=-])[A-Za-z0-9._~+/=-]{8,}")
+_BEARER = re.compile(r"(?i)(\bbearer\s+)(?=[A-Za-z0-9._~+/=-]*[0-9_~+/=-])[A-Za-z0-9._~+/=-]{8,}")
 
 
 def register_secret(value: str | None) -> None:
