@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import html
 import json
 import uuid
 from pathlib import Path
@@ -18,7 +19,14 @@ from segloop.agent.actions import Segment, Submit
 from segloop.agent.parser import format_call
 from segloop.cli import main as cli
 from segloop.tools.images import save_image
-from segloop.tools.redaction import MASK, RedactingStream, redact, redact_value, register_secret
+from segloop.tools.redaction import (
+    MASK,
+    RedactingStream,
+    redact,
+    redact_value,
+    register_secret,
+    register_url_secrets,
+)
 
 SCRIPT = scripted_turns([format_call(Segment(bbox_2d=[20, 20, 120, 100])), format_call(Submit())])
 
@@ -32,10 +40,17 @@ def test_redaction_masks_registered_secrets_userinfo_query_secrets_and_bearer_to
     assert redact("http://alice:s3cret@host:8000/v1") == f"http://{MASK}@host:8000/v1"
     assert redact("http://h/v1?api-key=K1&api-version=2024&token=T2#x") == f"http://h/v1?api-key={MASK}&api-version=2024&token={MASK}#x"
     assert redact("{'authorization': 'Basic YWxpY2U6czNjcmV0'}") == f"{{'authorization': 'Basic {MASK}'}}"
+    escaped = html.escape("{'Authorization': 'Basic YWxpY2U6czNjcmV0'}")  # as report.html holds it
+    assert "YWxpY2U6czNjcmV0" not in redact(escaped) and redact(escaped).startswith("{&#x27;Authorization&#x27;")
     assert redact("Bearer eyJhbGciOi.J9") == f"Bearer {MASK}"
     # Prose is left alone: "ab" was not registered, and neither a flag bearer nor a basic shape is a token.
     assert redact("the flag bearer stands by a basic shape; ab") == "the flag bearer stands by a basic shape; ab"
     assert redact_value({"url": "http://a:b@h/v1", "n": [1, key]}) == {"url": f"http://{MASK}@h/v1", "n": [1, MASK]}
+    # A URL's secrets are masked wherever they are echoed, not only inside the URL.
+    register_url_secrets(f"http://bob:pw-{key}@h/v1?api-key=q-{key}&api-version=2024")
+    basic = base64.b64encode(f"bob:pw-{key}".encode()).decode()
+    assert redact(f'{{"password": "pw-{key}", "key": "q-{key}", "header": "{basic}", "v": "2024"}}') == \
+        f'{{"password": "{MASK}", "key": "{MASK}", "header": "{MASK}", "v": "2024"}}'
 
     class Sink:
         text = ""

@@ -78,7 +78,7 @@ from segloop.policies.chat import (
     turn_from_message,
 )
 from segloop.tools.encoding import ImageFormat, data_url
-from segloop.tools.redaction import redact, register_secret
+from segloop.tools.redaction import redact, register_secret, register_url_secrets
 from segloop.tools.views import DEFAULT_MAX_SIDE, CoordFrame
 
 log = logging.getLogger("segloop.openai")
@@ -214,7 +214,9 @@ class OpenAIPolicy:
         self._root, self._params = url.copy_with(query=None), url.params
         self.endpoint = redact(f"{self._root}/chat/completions")  # as messages name it
         self.api_key = (os.environ.get(config.api_key_env) if config.api_key_env else None) or None
-        register_secret(self.api_key)  # echoed back in a server's error, it is masked in every record and line
+        # Echoed back in a server's error, they are masked in every record and line.
+        register_secret(self.api_key)
+        register_url_secrets(config.base_url)
         self.frame = config.frame
         self.max_side = config.max_side
         self.concurrency = config.concurrency

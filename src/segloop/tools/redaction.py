@@ -24,11 +24,13 @@ _LOCK = threading.Lock()
 _pattern: re.Pattern[str] | None = None
 
 _USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@\"'<>]+@")
-_QUERY_SECRET = re.compile(r"(?i)([?&;][\w.-]*(?:key|token|secret|passw(?:or)?d|pwd|auth|signature|sig|credential)"
-                           r"[\w.-]*=)[^&#\s\"'<>]*")
-# A header echoed back ("Authorization: Bearer KEY", JSON or repr quoting), and a bearer token elsewhere; a token
-# holds a digit or punctuation, so that prose ("the flag bearer stands") is left alone.
-_AUTHORIZATION = re.compile(r"(?i)(authorization[\"']?\s*[:=]\s*[\"']?(?:(?:bearer|basic|token)\s+)?)[^\s\"',}]+")
+_SECRET_NAME = r"[\w.-]*(?:key|token|secret|passw(?:or)?d|pwd|auth|signature|sig|credential)[\w.-]*"
+_QUERY_SECRET = re.compile(rf"(?i)([?&;]{_SECRET_NAME}=)[^&#\s\"'<>]*")
+# A header echoed back ("Authorization: Bearer KEY", quoted as JSON, a repr or HTML does), and a bearer token
+# elsewhere; a token holds a digit or punctuation, so that prose ("the flag bearer stands") is left alone.
+_QUOTE = r"(?:[\"']|&quot;|&#x27;|&#39;)?"
+_AUTHORIZATION = re.compile(rf"(?i)(authorization{_QUOTE}\s*[:=]\s*{_QUOTE}(?:(?:bearer|basic|token)\s+)?)"
+                            r"[^\s\"',}&]+")
 _BEARER = re.compile(r"(?i)(\bbearer\s+)(?=[A-Za-z0-9._~+/=-]*[0-9_~+/=-])[A-Za-z0-9._~+/=-]{8,}")
 
 
@@ -44,6 +46,21 @@ def register_secret(value: str | None) -> None:
         _SECRETS.update(spellings)
         # Longest first, so a secret containing another is masked whole.
         _pattern = re.compile("|".join(re.escape(s) for s in sorted(_SECRETS, key=len, reverse=True)))
+
+
+def register_url_secrets(url: str) -> None:
+    """Register the secrets a URL carries, wherever they may be echoed: the password of its userinfo (and the basic
+    authentication header made of it) and the values of its secret-looking query parameters."""
+    import base64
+    from urllib.parse import parse_qsl, urlsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        register_secret(parts.password)
+        register_secret(base64.b64encode(f"{parts.username or ''}:{parts.password}".encode()).decode())
+    for name, value in parse_qsl(parts.query):
+        if re.fullmatch(_SECRET_NAME, name, re.I):
+            register_secret(value)
 
 
 def redact(text: str) -> str:
