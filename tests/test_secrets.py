@@ -118,11 +118,13 @@ def test_run_and_batch_leak_no_canary(canary: dict[str, str], tmp_path: Path, ca
         echoed = server.authorizations[2]
     assert (canary["basic"] if userinfo else canary["key"]) in echoed  # the server did see (and echo) them
     records = (out / "batch" / "trajectories.jsonl").read_text()
-    assert "bad request; request headers" in records and "no such model; request headers" in records
+    # The echo reached the records (the refusal the model was shown, the reason the episode failed), masked.
+    masked = f"request headers: {{'Authorization': '{'Basic' if userinfo else 'Bearer'} {MASK}'"
+    assert f"bad request; {masked}" in records and f"no such model; {masked}" in records
     with OpenAIServer(script=SCRIPT, faults=FAULTS[:4]) as server:
         assert cli(["run", str(tmp_path / "data" / "a.png"), "the red block", "--policy", "openai", "--model", "m",
                     "--base-url", _url(server, canary, userinfo), "--out", str(out / "run"), "--verbose"]) in (0, 3)
-    assert "bad request; request headers" in (out / "run" / "trajectory.json").read_text()
+    assert f"bad request; {masked}" in (out / "run" / "trajectory.json").read_text()
     printed = capsys.readouterr()
     assert "request headers" in printed.out + printed.err  # run --verbose prints the observation quoting them
     assert _leaks(canary, [printed.out, printed.err], out) == []
@@ -159,6 +161,6 @@ def test_the_demo_leaks_no_canary(canary: dict[str, str], tmp_path: Path, capsys
 
         asyncio.run(ask())
         assert canary["basic"] in server.authorizations[2]
-    assert any("request headers" in text for text in shown)  # the echo reached the page, redacted
+    assert any(f"'Authorization': 'Basic {MASK}'" in text for text in shown)  # the echo reached the page, masked
     printed = capsys.readouterr()
     assert _leaks(canary, [*shown, printed.out, printed.err], tmp_path / "episodes") == []

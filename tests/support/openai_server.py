@@ -402,8 +402,9 @@ class OpenAIServer:
                 if fault is not None and fault.status is not None:
                     headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else None
                     message = fault.body
-                    if fault.echo_headers:
-                        message += f"; request headers: {dict(self.headers.items())}"
+                    if fault.echo_headers:  # the credentials first, as an authenticating proxy's error page has them
+                        echoed = sorted(self.headers.items(), key=lambda item: item[0].lower() != "authorization")
+                        message += f"; request headers: {dict(echoed)}"
                     self._send(fault.status, _error(message, fault.status), headers=headers)
                     return
                 if fault is not None and fault.malformed:
