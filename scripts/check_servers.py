@@ -3,8 +3,9 @@ serving the tiny model taught to write calls; prints the figures.
 
 1. Builds the tiny model (``segloop make-tiny``) and teaches it to write two calls (``tests/support/caller.py``):
    segment the top-left corner, then submit.
-2. ``segloop batch --policy openai`` over a synthetic world through ``transformers serve``
-   (``scripts/transformers_serve.py``) in both tool modes, then through the stand-in server serving the same
+2. ``segloop batch --policy openai`` over a synthetic world through stock ``transformers serve --trust-remote-code``
+   (the checkpoint's image-only processor, ``policies.image_only_processing``) in both tool modes, then through the
+   stand-in server serving the same
    checkpoint as vLLM with ``--enable-auto-tool-choice --tool-call-parser hermes --reasoning-parser`` would.
 3. ``segloop run IMG "Q" --policy openai --base-url URL --model M --temperature 0 --seed 1`` twice against
    ``transformers serve``: are the two trajectories the same?
@@ -38,10 +39,10 @@ def _port() -> int:
 
 def _transformers_serve(model: Path, log: Path) -> tuple[subprocess.Popen, str]:
     port = _port()
-    process = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "transformers_serve.py"), str(model),
-                                "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"],
+    process = subprocess.Popen([sys.executable, "-m", "transformers.cli.transformers", "serve", str(model),
+                                "--host", "127.0.0.1", "--port", str(port), "--device", "cpu", "--trust-remote-code"],
                                stdout=log.open("w"), stderr=subprocess.STDOUT,
-                               env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                               env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_UPDATE_CHECK": "1"})
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         try:

@@ -6,9 +6,12 @@ would run, and drives the real command line against it:
 - ``hang``: the server accepts every request and never answers. ``segloop run --request-timeout T`` must end the
   episode (FAILED, exit 1) within the stated bound, 2 x T + backoff (a timed-out request is retried once).
 - ``trickle``: the server answers, one byte per 0.2 s: the same deadline cuts it off (a per-read timeout would not).
-- ``storm``: the server answers 503 with ``Retry-After: 1`` for the first S seconds. ``segloop batch`` must finish
-  (episodes whose retries ran out are FAILED records, exit 1), and re-running the same command runs only those
-  again, to completion.
+- ``storm``: the server answers 503 with ``Retry-After: 1`` for the first S seconds. ``segloop batch`` must end
+  (episodes whose retries ran out are FAILED records; after 5 in a row it starts no more; exit 1), and re-running
+  the same command runs those and the unstarted ones, to completion.
+
+The drills run past the preflight (``--no-preflight``): it would refuse each of these servers before any episode
+(they are down when the command starts); what is drilled is a server that fails once episodes are running.
 
 Prints the figures; the numbers depend on the machine only through start-up times.
 """
@@ -52,7 +55,7 @@ def deadline_drill(kind: str, timeout: float, folder: Path) -> None:
     try:
         code, seconds, _ = _segloop("run", str(image), "the cat", "--policy", "openai", "--model", "m",
                                          "--base-url", url, "--request-timeout", str(timeout), "--backoff", "0.5",
-                                         "--out", str(folder / kind))
+                                         "--no-preflight", "--out", str(folder / kind))
     finally:
         server.terminate()
         server.wait()
@@ -75,14 +78,16 @@ def storm_drill(storm_s: float, folder: Path) -> None:
     try:
         common = ["batch", "--data", str(manifest), "--policy", "openai", "--model", "m", "--base-url", url,
                   "--out", str(folder / "storm"), "--quiet", "--no-overlays", "--concurrency", "2", "--retries", "2",
-                  "--segmenter", "grabcut"]
+                  "--segmenter", "grabcut", "--no-preflight"]
         code, seconds, output = _segloop(*common)
         if not (folder / "storm" / "metrics.json").exists():
             raise SystemExit(f"the batch wrote no metrics (exit {code}):\n{output[-2000:]}")
         metrics = json.loads((folder / "storm" / "metrics.json").read_text())
-        print(f"storm: 503 + Retry-After: 1 for {storm_s:g} s; batch of {metrics['n']} episodes finished in "
-              f"{seconds:.1f} s, exit {code}: {metrics['failed']} FAILED, {metrics['n'] - metrics['failed']} answered; "
-              f"server totals {json.dumps(metrics.get('server', {}).get('failed_attempts'))}")
+        not_run = metrics.get("not_run", 0)
+        print(f"storm: 503 + Retry-After: 1 for {storm_s:g} s; batch of {metrics['n'] + not_run} samples ended in "
+              f"{seconds:.1f} s, exit {code}: {metrics['failed']} FAILED, {metrics['n'] - metrics['failed']} answered, "
+              f"{not_run} not started (stopped early: {bool(metrics.get('stopped_early'))}); server totals "
+              f"{json.dumps(metrics.get('server', {}).get('failed_attempts'))}")
         wait = storm_s - (time.monotonic() - started)
         if wait > 0:
             time.sleep(wait)

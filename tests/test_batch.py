@@ -361,8 +361,9 @@ def test_outage_then_recovery_reruns_exactly_the_failed_episodes(tmp_path, capsy
     manifest = write_dataset(tmp_path / "data", 8, broken=False)
 
     def run(url: str, out: Path) -> int:
+        # The outage is under way when the batch starts: past the preflight (which would refuse to start).
         return cli(["batch", "--data", str(manifest), "--policy", "openai", "--model", "served", "--base-url", url,
-                    "--out", str(out), "--quiet", "--concurrency", "8", "--max-side", "224"])
+                    "--out", str(out), "--quiet", "--concurrency", "8", "--max-side", "224", "--no-preflight"])
 
     script = scripted_turns([SEGMENT_REPLY, SUBMIT_REPLY])
     out = tmp_path / "run"
@@ -386,10 +387,38 @@ def test_outage_then_recovery_reruns_exactly_the_failed_episodes(tmp_path, capsy
     keys = ("n", "giou", "ciou", "by_kind", "by_size", "per_sample", "answered", "masks", "empty", "failed")
     assert {k: recovered[k] for k in keys} == {k: clean[k] for k in keys}
     assert recovered["episodes_run"] == 8 and len(recovered["provenance"]["runs"]) == 2
+    # Issue 18 item 10: the totals count the outage's attempts too, not only the requests of the second run.
+    assert recovered["server"]["requests"] == requests_down + 16 == failed["server"]["requests"] + 16
+    assert recovered["server"]["failed_attempts"] == {"503": requests_down}
     print(f"\noutage: failed {failed['failed']}/{failed['n']}, gIoU {failed['giou']:.4f}; after recovery: "
           f"failed {recovered['failed']}, gIoU {recovered['giou']:.4f} cIoU {recovered['ciou']:.4f}, "
           f"{recovered['episodes_run']} episodes re-run; uninterrupted: gIoU {clean['giou']:.4f} "
           f"cIoU {clean['ciou']:.4f}")
+
+
+def test_an_outage_stops_the_batch_early_with_the_resume_command(tmp_path, capsys):
+    """Issue 18 item 10: once 5 episodes in a row failed reaching the server, no more are started (each would spend
+    its retries on the same outage); the command says so with the command that resumes, and that command, once the
+    server is back, runs the failed and the unstarted episodes."""
+    manifest = write_dataset(tmp_path / "data", 12, broken=False)
+    out = tmp_path / "run"
+    command = ["batch", "--data", str(manifest), "--policy", "openai", "--model", "served", "--out", str(out),
+               "--quiet", "--concurrency", "1", "--max-side", "224", "--retries", "1", "--backoff", "0.01",
+               "--no-preflight"]
+    with OpenAIServer(script=scripted_turns([SEGMENT_REPLY, SUBMIT_REPLY]), fail_first=10**9,
+                      fail_status=503) as server:
+        assert cli([*command, "--base-url", server.base_url]) == 1
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith("segloop batch: STOPPED EARLY: 5 episodes in a row failed reaching the server (")
+        assert err.endswith(f"7 samples were not run. 5 episodes saved in {out} (5 failed); resume with: "
+                            f"{shlex.join([sys.executable, '-m', 'segloop', *command, '--base-url', server.base_url])}")
+        assert len(server.requests) == 5 * 2  # each one request and its one retry; nothing after the fifth
+        server.fail_first = 0
+        assert cli([*command, "--base-url", server.base_url]) == 0
+    assert len(read_finished(out / "trajectories.jsonl")) == 12
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["failed"] == 0 and "stopped_early" not in metrics
+    assert metrics["server"]["failed_attempts"] == {"503": 10}
 
 
 def test_episode_folders_are_safe_and_distinct():
@@ -401,15 +430,54 @@ def test_episode_folders_are_safe_and_distinct():
 
 
 def test_the_console_counts_a_policys_lists_instead_of_printing_them(tmp_path):
-    """Item 10: the compact policy's settings hold its whole vocabulary; the console line says how many words."""
+    """Item 10: a policy setting that is a list (a vocabulary) is counted on the console line, not printed."""
     from segloop.cli.batch import summary_text
-    from segloop.policies.registry import build_policy, policy_settings
 
-    settings = policy_settings(build_policy("compact"))
-    vocabulary = settings["vocabulary"]
-    assert isinstance(vocabulary, list) and len(vocabulary) > 20
+    vocabulary = [f"word{i}" for i in range(40)]
+    settings = {"name": "compact", "frame": "pixels", "vocabulary": vocabulary}
     metrics = {"n": 1, "failed": 1, "failed_by_kind": {"image": 1}, "failures": {"a": "image: unreadable"},
                "provenance": {"configuration": {}, "policy_settings": settings}}
     line = next(x for x in summary_text(metrics, tmp_path).splitlines() if x.startswith("policy settings:"))
     assert f"vocabulary=<{len(vocabulary)} entries>" in line and "name=compact" in line
     assert not any(f"'{word}'" in line for word in vocabulary) and len(line) < 600
+
+
+def _file_size_limit(limit: int):
+    """For a child process: writing past ``limit`` bytes of any file fails (EFBIG) as a full disk does (ENOSPC)."""
+    import resource
+
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write instead of killing the process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("overlays", "failing"), [(False, "trajectories.jsonl"), (True, ".png")])
+def test_a_full_disk_names_the_file_prints_the_resume_command_and_leaves_no_tmp(tmp_path, overlays, failing):
+    """Issue 18 item 9, with a real process whose writes fail past a size (the records' file, or an episode's
+    picture written through a temporary file): one line naming the file, the episodes saved, the command that
+    resumes; no ``.tmp`` left behind; that command finishes the batch."""
+    manifest = write_dataset(tmp_path / "data", 6, broken=False)
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "segloop", "batch", "--data", str(manifest), "--policy", "oracle",
+               "--out", str(out), "--quiet", "--max-side", "224", "--concurrency", "1",
+               *([] if overlays else ["--no-overlays"])]
+    # No file of anyone else written under the limit: git (the provenance asks it for the commit) takes no lock.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1", "GIT_OPTIONAL_LOCKS": "0"}
+    full = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+                          preexec_fn=_file_size_limit(9000 if not overlays else 20_000))
+    assert full.returncode == 2, full.stderr
+    line = full.stderr.strip()
+    match = re.fullmatch(r"segloop batch: \[Errno \d+\] cannot write (\S+): File too large; (\d+) episodes saved in "
+                         r"(\S+)\. Free some space, then resume with: (.+)", line)
+    assert match, line
+    assert match.group(1).endswith(failing) and Path(match.group(3)) == out
+    assert int(match.group(2)) == len(read_finished(out / "trajectories.jsonl")) < 6
+    assert not list(out.rglob("*.tmp"))
+    resumed = subprocess.run(shlex.split(match.group(4)), cwd=ROOT, env=env, capture_output=True, text=True,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert sorted(r["sample_id"] for r in read_finished(out / "trajectories.jsonl")) == [f"s/{i}" for i in range(6)]
+    assert json.loads((out / "metrics.json").read_text())["n"] == 6 and not list(out.rglob("*.tmp"))

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support.openai_server import OpenAIServer, scripted_turns
 
 from segloop.agent.episode import EpisodeConfig
 from segloop.cli.demo import add_arguments, main
@@ -168,6 +169,8 @@ def test_the_app_builds_with_the_bundled_samples(tmp_path: Path) -> None:
 
 # --- episodes against a real OpenAI-compatible HTTP server ----------------------------------------
 
+# The scripted server answers requests in turn: the demo's preflight (tested apart) would take the first replies.
+NO_PREFLIGHT = {"preflight": False}
 SEGMENT_REPLY = ('<think>The red block is in the middle.</think>'
                  '<tool_call>{"name": "segment", "arguments": {"bbox_2d": [40, 30, 80, 60]}}</tool_call>')
 SUBMIT_REPLY = '<tool_call>{"name": "submit", "arguments": {}}</tool_call>'
@@ -233,7 +236,7 @@ def _titles(chat: list[dict]) -> list[str]:
 def test_a_model_that_never_submits_is_told_as_budget_spent(session: DemoSession, sample_image: str, serve,
                                                             tmp_path: Path) -> None:
     server = serve([SEGMENT_REPLY])
-    backends = Backends(AgentSpec(episode=EpisodeConfig(max_turns=3)))
+    backends = Backends(AgentSpec(episode=EpisodeConfig(max_turns=3)), NO_PREFLIGHT)
     choice = BackendChoice(kind="openai", url=server.url, model="scripted")
     screens = _run(session, sample_image, "the red block", choice, backends, tmp_path / "out")
     assert server.requests == 3
@@ -254,19 +257,23 @@ def test_an_unreachable_server_is_told_in_one_line(session: DemoSession, sample_
     choice = BackendChoice(kind="openai", url=f"http://127.0.0.1:{port}/v1", model="m")
     backends = Backends(AgentSpec(episode=EpisodeConfig(max_turns=2)))
     screens = _run(session, sample_image, "the red block", choice, backends, tmp_path)
-    assert screens[-1].status.startswith(f"Cannot reach the server at http://127.0.0.1:{port}/v1: "
-                                         "is it running, and is the URL right?")
-    assert "Traceback" not in screens[-1].status
-    # Still saved, as every episode is, but a failed episode offers no mask as if it were an answer.
-    assert (tmp_path / f"demo-{session.session_id}-01" / "trajectory.json").is_file()
-    assert screens[-1].files == [] and screens[-1].final is None and screens[-1].clear
+    message = f"Cannot reach the server at http://127.0.0.1:{port}/v1: is it running, and is the URL right?"
+    assert screens[-1].status == message  # found by the preflight: no episode is started
+    assert not list(tmp_path.glob("demo-*"))
+    assert screens[-1].files == [] and screens[-1].final is None
     assert session.interrupted  # the next request starts a new conversation
+    # Past the preflight (the server went down after it), the episode fails, is saved, and offers no mask.
+    backends = Backends(AgentSpec(episode=EpisodeConfig(max_turns=2)), NO_PREFLIGHT)
+    screens = _run(session, sample_image, "the red block", choice, backends, tmp_path)
+    assert screens[-1].status.startswith(message) and "Traceback" not in screens[-1].status
+    assert (tmp_path / f"demo-{session.session_id}-02" / "trajectory.json").is_file()
+    assert screens[-1].files == [] and screens[-1].final is None and screens[-1].clear
 
 
 def test_a_follow_up_continues_the_conversation(session: DemoSession, sample_image: str, serve,
                                                 tmp_path: Path) -> None:
     server = serve([SEGMENT_REPLY, SUBMIT_REPLY, SEGMENT_REPLY, SUBMIT_REPLY])
-    backends = Backends(AgentSpec(episode=EpisodeConfig(max_turns=4)))
+    backends = Backends(AgentSpec(episode=EpisodeConfig(max_turns=4)), NO_PREFLIGHT)
     choice = BackendChoice(kind="openai", url=server.url, model="scripted")
     first = _run(session, sample_image, "the red block", choice, backends, tmp_path / "out")[-1]
     thread = session.thread_id
@@ -282,7 +289,7 @@ def test_a_follow_up_continues_the_conversation(session: DemoSession, sample_ima
 def test_stop_cancels_the_episode_and_the_next_request_starts_afresh(session: DemoSession, sample_image: str,
                                                                      serve, tmp_path: Path) -> None:
     server = serve([SEGMENT_REPLY], delay=1.0)
-    backends = Backends(AgentSpec(episode=EpisodeConfig(max_turns=8)))
+    backends = Backends(AgentSpec(episode=EpisodeConfig(max_turns=8)), NO_PREFLIGHT)
     choice = BackendChoice(kind="openai", url=server.url, model="scripted")
 
     async def run_then_stop() -> list[Screen]:
@@ -321,7 +328,7 @@ def test_the_stop_button_ends_the_episode_within_the_turn(session: DemoSession, 
     ends the episode in that turn: no further requests, "Stopped after N turns", the turns kept and saved,
     nothing offered as an answer, and the session ready for the next request."""
     server = serve([SEGMENT_REPLY], delay=1.0)
-    backends = Backends(AgentSpec(episode=EpisodeConfig(max_turns=8)))
+    backends = Backends(AgentSpec(episode=EpisodeConfig(max_turns=8)), NO_PREFLIGHT)
     choice = BackendChoice(kind="openai", url=server.url, model="scripted")
     assert not session.request_stop()  # nothing running: nothing to stop
 
@@ -368,3 +375,115 @@ def test_the_final_mask_is_outlined_with_a_zoomed_inset_when_small(tmp_path: Pat
     big = np.zeros((600, 800), bool)
     big[100:400, 100:500] = True
     assert not np.all(final_picture(image, big)[300:, 400:] == INSET_RGB, axis=-1).any()  # a large mask: no inset
+
+
+# --- trust at the edges (issue 18) --------------------------------------------------------------------------
+
+
+def test_the_key_goes_only_to_the_command_line_server(session: DemoSession, sample_image: str, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Item 1: the page's URL box cannot send the demo's key elsewhere. The command line's server gets it; a typed
+    one gets no key of ours; served beyond loopback, the page cannot name another server at all."""
+    monkeypatch.setenv("OPENAI_API_KEY", "canary-key-8d1f")
+    script = scripted_turns([SUBMIT_REPLY])
+    with OpenAIServer(script=script) as own, OpenAIServer(script=script) as typed:
+        options = {"base_url": own.base_url, "api_key_env": "OPENAI_API_KEY"}  # as server_options(args) gives them
+        backends = Backends(AgentSpec(episode=EpisodeConfig(max_turns=2)), options)
+        for server in (own, typed):
+            choice = BackendChoice(kind="openai", url=server.base_url, model="m")
+            screens = _run(session, sample_image, "the red block", choice, backends, tmp_path)
+            assert "Done in 1 turns" in screens[-1].status
+        assert own.authorizations and set(own.authorizations) == {"Bearer canary-key-8d1f"}
+        assert typed.authorizations and set(typed.authorizations) == {None}
+        exposed = Backends(AgentSpec(episode=EpisodeConfig(max_turns=2)), options, any_server=False)
+        choice = BackendChoice(kind="openai", url=typed.base_url, model="m")
+        (screen,) = _run(session, sample_image, "the red block", choice, exposed, tmp_path)
+        assert screen.status.startswith(f"This demo talks only to the server it was started with, {own.base_url}")
+        assert len(typed.authorizations) == 3  # the preflight's two and the episode's one, from before
+
+
+def test_serving_beyond_loopback_warns_loudly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from segloop.cli.demo import is_loopback
+
+    assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
+    assert not is_loopback("0.0.0.0") and not is_loopback("my-host.lan")
+    launched: list[dict] = []
+
+    class App:  # the Gradio app, not served
+        def queue(self, **_):
+            return self
+
+        def launch(self, **options):
+            launched.append(options)
+
+    monkeypatch.setattr("segloop.demos.app.build_app", lambda backends, out: App())
+    monkeypatch.setenv("OPENAI_API_KEY", "canary-key-8d1f")
+    for host in ("127.0.0.1", "0.0.0.0"):
+        assert main(_args("--host", host, "--policy", "random", "--out", str(tmp_path))) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert [o["server_name"] for o in launched] == ["127.0.0.1", "0.0.0.0"]
+    assert len(err) == 1 and err[0].startswith("segloop demo: WARNING: serving on 0.0.0.0:7860, beyond this machine, "
+                                               "with no login: anyone who can reach it can run the agent, with this "
+                                               "demo's API key to http://localhost:8000/v1,")
+
+
+def test_a_server_that_drops_pictures_is_refused_before_any_episode(session: DemoSession, sample_image: str,
+                                                                    tmp_path: Path) -> None:
+    """Item 4 in the demo: the preflight refuses the server in the status line; no episode is started."""
+    with OpenAIServer(script=scripted_turns([SUBMIT_REPLY]), drop_images=True) as server:
+        backends = Backends(AgentSpec(episode=EpisodeConfig(max_turns=2)))
+        choice = BackendChoice(kind="openai", url=server.base_url, model="m")
+        screens = _run(session, sample_image, "the red block", choice, backends, tmp_path)
+        assert len(server.requests) == 2
+    assert screens[-1].status.startswith(f"The server at {server.base_url} failed: {server.base_url} drops pictures")
+    assert not list(tmp_path.glob("demo-*"))
+
+
+def _trajectory(**fields):
+    from segloop.agent.records import Trajectory
+
+    base = {"episode_id": "e", "thread_id": "t", "query": "the zebra", "image_size": (100, 80), "policy": "compact",
+            "frame": "pixels", "max_side": 224, "max_turns": 4, "final_mask_rle": {"size": [80, 100], "counts": ""}}
+    return Trajectory(**{**base, **fields})
+
+
+def test_the_result_line_says_when_the_answer_is_a_guess_or_was_refused() -> None:
+    """Item 11: an answer to a request with words the agent does not know is a guess, and says so."""
+    from segloop.demos.chat import outcome_text
+
+    turns = [{"turn": 0, "raw_text": SUBMIT_REPLY, "observation": "ok", "view_box": (0, 0, 100, 80), "policy_s": 0,
+              "tool_s": 0}]
+    guess = outcome_text(_trajectory(turns=turns, submitted=True, final_area_share=0.1, unknown_words=["zebra"]),
+                         BackendChoice())
+    assert guess == "Done in 1 turns: mask submitted (10.00% of the image). This is a GUESS: the agent does not know " \
+                    "'zebra'."
+    plain = outcome_text(_trajectory(turns=turns, submitted=True, final_area_share=0.1), BackendChoice())
+    assert "GUESS" not in plain
+    refused = outcome_text(_trajectory(refused=True, unknown_words=["zebra"]), BackendChoice())
+    assert refused.startswith("REFUSED: the agent cannot read 'zebra'")
+
+
+def test_the_unknown_words_note_gives_a_command_that_works() -> None:
+    """Item 11: the note's command is a demo command line (not "start the demo with segloop run ..."), and it parses
+    into a demo with a vision-language model on a server."""
+    import re
+    import shlex
+
+    from segloop.cli import build_parser
+    from segloop.cli.agent_options import agent_spec
+    from segloop.policies.registry import unknown_words_note
+
+    note = unknown_words_note("compact", ["zebra"], "demo")
+    command = re.search(r": (segloop demo [^(]+) \(", note).group(1)
+    argv = shlex.split(command)[1:]
+    spec = agent_spec(build_parser(argv).parse_args(argv), ground_truth=False)
+    assert spec.policy == "openai" and spec.model == "Qwen/Qwen2.5-VL-7B-Instruct"
+    assert spec.policy_options["base_url"] == "http://localhost:8000/v1"
+    assert "segloop run" not in note
+
+
+def test_stop_is_not_painted_as_an_alarm(tmp_path: Path) -> None:
+    app = build_app(Backends(AgentSpec()), tmp_path / "out", tmp_path / "work")
+    (stop,) = [block for block in app.blocks.values() if getattr(block, "elem_id", None) == "stop"]
+    assert stop.variant == "secondary"

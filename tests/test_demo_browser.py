@@ -8,6 +8,7 @@ Chromium is Debian's (/usr/bin/chromium, installed by ``scripts/setup.sh --dev``
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -56,19 +57,28 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """``segloop demo`` in a subprocess: (its URL, the folder it saves episodes in)."""
-    out = tmp_path_factory.mktemp("episodes")
-    port = _free_port()
-    log = (tmp_path_factory.mktemp("log") / "demo.log").open("w")
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": "1",
-           "GRADIO_TEMP_DIR": str(tmp_path_factory.mktemp("gradio"))}
-    command = [sys.executable, "-m", "segloop", "demo", "--port", str(port), "--out", str(out),
-               "--segmenter", "grabcut", "--max-turns", str(MAX_TURNS)]
+    arguments = []
     if not (DEFAULT_CHECKPOINT / "config.json").exists():
         # Before the compact policy's checkpoint is trained and shipped, an untrained one (same code path,
         # from_pretrained on a directory) drives the page: these tests check the demo, not the policy.
         model = tmp_path_factory.mktemp("compact")
         CompactPolicy.create([query for _, query in bundled_samples()], seed=0).save_pretrained(model)
-        command += ["--model", str(model)]
+        arguments += ["--model", str(model)]
+    with _serve_demo(tmp_path_factory, arguments) as (url, out, _log):
+        yield url, out
+
+
+@contextlib.contextmanager
+def _serve_demo(tmp_path_factory: pytest.TempPathFactory, arguments: list[str],
+                env: dict[str, str] | None = None) -> Iterator[tuple[str, Path, Path]]:
+    """``segloop demo ARGUMENTS`` in a subprocess: (its URL, the folder it saves episodes in, its console log)."""
+    out = tmp_path_factory.mktemp("episodes")
+    port = _free_port()
+    log = (tmp_path_factory.mktemp("log") / "demo.log").open("w")
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": "1",
+           "GRADIO_TEMP_DIR": str(tmp_path_factory.mktemp("gradio")), **(env or {})}
+    command = [sys.executable, "-m", "segloop", "demo", "--port", str(port), "--out", str(out),
+               "--segmenter", "grabcut", "--max-turns", str(MAX_TURNS), *arguments]
     proc = subprocess.Popen(
         command,
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -86,7 +96,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]
             if time.monotonic() > deadline:
                 pytest.fail(f"segloop demo did not start in 90 s: {Path(log.name).read_text()[-2000:]}")
             time.sleep(0.5)
-        yield url, out
+        yield url, out, Path(log.name)
     finally:
         proc.terminate()
         try:
@@ -332,3 +342,52 @@ def test_a_follow_up_looks_again_for_its_own_target(browser, demo, tmp_path: Pat
         _screenshot(page, tmp_path, "demo_follow_up.png")
     finally:
         context.close()
+
+
+SEGMENT_THEN_SUBMIT = [
+    '<tool_call>{"name": "segment", "arguments": {"bbox_2d": [100, 100, 300, 300]}}</tool_call>',
+    '<tool_call>{"name": "submit", "arguments": {}}</tool_call>']
+
+
+@pytest.fixture(scope="module")
+def served_demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path, Path, dict[str, str]]]:
+    """``segloop demo --policy openai`` on the stand-in server, started with canary secrets: the API key in the
+    environment and a key in the URL's query. (its URL, its episodes, its console log, the canaries)"""
+    canary = {"key": f"canary-key-{os.getpid()}x", "query": f"canary-query-{os.getpid()}x"}
+    with OpenAIServer(script=scripted_turns(SEGMENT_THEN_SUBMIT)) as server, \
+            _serve_demo(tmp_path_factory, ["--policy", "openai", "--model", "scripted", "--base-url",
+                                           f"{server.base_url}?api-key={canary['query']}"],
+                        env={"OPENAI_API_KEY": canary["key"]}) as (url, out, log):
+        yield url, out, log, canary
+        assert set(server.authorizations) == {f"Bearer {canary['key']}"}  # the key went where it was meant to
+
+
+def test_a_new_image_clears_the_last_answer_and_nothing_leaks(browser, served_demo) -> None:
+    """Issue 18 items 11 and 1: Stop is not painted as an alarm while idle; picking another image clears the turns,
+    the final mask and the downloads of the previous one. The page, the saved episodes and the demo's console hold
+    none of the canary secrets it was started with."""
+    url, out, log, canary = served_demo
+    (image, query) = bundled_samples()[0]
+    context, page = _open(browser, url)
+    try:
+        stop_classes = (page.locator("#stop").get_attribute("class") or "").split()
+        assert "stop" not in stop_classes and "secondary" in stop_classes
+        page.locator("#backend-box").click()
+        assert canary["query"] not in page.content()  # the URL box shows the command line's server, redacted
+        _ask(page, image, query)
+        status = _wait_done(page)
+        assert "mask submitted" in status and page.locator("#downloads a").count() == 2
+        assert page.locator("#final-overlay img").count() == 1 and _shown_turns(page)
+        page.locator("#samples tbody tr").nth(1).click()  # another image
+        page.wait_for_function("() => (document.querySelector('#status')?.innerText || '').includes('New image')",
+                               timeout=20_000)
+        assert _shown_turns(page) == [] and page.locator("#turns img").count() == 0
+        assert page.locator("#final-overlay img").count() == 0 and page.locator("#downloads a").count() == 0
+        shown = page.content()
+    finally:
+        context.close()
+    saved = [path.read_bytes() for path in out.rglob("*") if path.is_file()]
+    assert saved and log.read_text()
+    for value in canary.values():
+        assert value not in shown and value not in log.read_text()
+        assert not any(value.encode() in data for data in saved)

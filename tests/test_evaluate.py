@@ -51,7 +51,7 @@ def world(tmp_path: Path) -> tuple[Path, Path]:
 
 def test_hand_computed_giou_and_ciou(world: tuple[Path, Path]) -> None:
     manifest, pred = world
-    result = evaluate_predictions(load_samples(manifest), pred)
+    result = evaluate_predictions(load_samples(manifest), pred, missing_as_empty=True)
     summary = result.summary
     assert result.missing == ["none", "lost"]
     assert summary["per_sample"] == pytest.approx({"half": 1 / 3, "same": 1.0, "none": 1.0, "lost": 0.0,
@@ -67,7 +67,8 @@ def test_cli_prints_table_and_writes_json(world: tuple[Path, Path], tmp_path: Pa
                                           capsys: pytest.CaptureFixture) -> None:
     manifest, pred = world
     out = tmp_path / "report" / "metrics.json"
-    assert cli_main(["eval-masks", "--data", str(manifest), "--pred", str(pred), "--out", str(out)]) == 0
+    assert cli_main(["eval-masks", "--data", str(manifest), "--pred", str(pred), "--out", str(out),
+                     "--missing-as-empty"]) == 0
     printed = capsys.readouterr().out
     assert "gIoU" in printed and f"{(1 / 3 + 3) / 5:.4f}" in printed
     assert "missing predictions: 2 of 5" in printed
@@ -76,12 +77,31 @@ def test_cli_prints_table_and_writes_json(world: tuple[Path, Path], tmp_path: Pa
     assert written["ciou"] == pytest.approx(91 / 151)
 
 
+def test_missing_predictions_are_an_error_unless_scored_as_empty(world: tuple[Path, Path], tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    """Issue 18 item 6: a folder missing predictions prints no gIoU and exits non-zero (a no-target sample with no
+    prediction would score 1); --missing-as-empty scores them as empty masks."""
+    manifest, pred = world
+    with pytest.raises(EvaluationError, match=r"2 of 5 samples have no prediction .*\(none, lost\)"):
+        evaluate_predictions(load_samples(manifest), pred)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = tmp_path / "m.json"
+    assert cli_main(["eval-masks", "--data", str(manifest), "--pred", str(empty), "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert "gIoU" not in captured.out and not (tmp_path / "m.json").exists()
+    assert captured.err.strip() == (f"segloop eval-masks: 5 of 5 samples have no prediction in {empty} (half, same, "
+                                    "none, lost, ignored); score them as empty masks with --missing-as-empty")
+    assert cli_main(["eval-masks", "--data", str(manifest), "--pred", str(empty), "--missing-as-empty"]) == 0
+    assert "missing predictions: 5 of 5 scored as empty" in capsys.readouterr().out
+
+
 def test_wrong_size_prediction_names_the_file(world: tuple[Path, Path], capsys: pytest.CaptureFixture) -> None:
     manifest, pred = world
     save_mask(np.ones((10, 12), bool), pred / "half.png")
     with pytest.raises(EvaluationError, match=r"half\.png: prediction is 12x10, image img\.png is 10x10"):
-        evaluate_predictions(load_samples(manifest), pred)
-    assert cli_main(["eval-masks", "--data", str(manifest), "--pred", str(pred)]) == 2
+        evaluate_predictions(load_samples(manifest), pred, missing_as_empty=True)
+    assert cli_main(["eval-masks", "--data", str(manifest), "--pred", str(pred), "--missing-as-empty"]) == 2
     err = capsys.readouterr().err
     assert "half.png" in err and "Traceback" not in err
 

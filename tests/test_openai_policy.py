@@ -17,6 +17,7 @@ from segloop.agent.episode import Agent, EpisodeConfig
 from segloop.agent.parser import format_call
 from segloop.agent.policy import ChatMessage, PolicyContext
 from segloop.cli import main as cli
+from segloop.evaluation.batch import read_finished
 from segloop.policies.chat import IMAGE_STUB, TOOL_CLOSE, TOOL_OPEN, turn_from_message
 from segloop.policies.openai_compat import OpenAIConfig, OpenAIPolicy, OpenAIPolicyError
 from segloop.policies.registry import build_policy
@@ -230,6 +231,23 @@ def test_retry_after_is_honoured_in_seconds_and_dates_up_to_the_cap() -> None:
     assert turn.info["waited_s"] == pytest.approx(0.3 + 0.0 + 0.5)
 
 
+def test_a_retry_after_that_is_not_a_number_waits_the_backoff() -> None:
+    """Issue 18 item 10: ``Retry-After: nan`` parses as a float; it must not mean "retry at once"."""
+    with OpenAIServer(script=scripted_turns(SCRIPT), faults=[Fault(status=503, retry_after="nan")]) as server:
+        turn = asyncio.run(OpenAIPolicy("tiny", base_url=server.base_url, backoff=0.2).act(_context()))
+    assert turn.info["statuses"] == [503, 200] and turn.info["waited_s"] == pytest.approx(0.2)
+
+
+def test_a_reset_after_connecting_is_not_called_a_failure_to_connect() -> None:
+    with OpenAIServer(script=scripted_turns(SCRIPT), faults=[Fault(reset=True)] * 2) as server:
+        policy = OpenAIPolicy("tiny", base_url=server.base_url, backoff=0.01, retries=1)
+        with pytest.raises(OpenAIPolicyError, match=r"the connection was lost after connecting \(\w+: .*\(2 attempts: "
+                                                    r"connection lost, connection lost") as raised:
+            asyncio.run(policy.act(_context()))
+    assert len(server.requests) == 2 and "cannot connect" not in str(raised.value)
+    assert raised.value.info["unreachable"] and raised.value.info["statuses"] == ["connection lost"] * 2
+
+
 def test_retries_are_bounded_and_the_error_says_why() -> None:
     with OpenAIServer(script=scripted_turns(SCRIPT), fail_first=100, fail_status=503) as server:
         policy = OpenAIPolicy("tiny", base_url=server.base_url, backoff=0.01, retries=2)
@@ -294,11 +312,27 @@ def test_a_server_failing_on_stop_is_detected_once_and_said_once(caplog: pytest.
             OpenAIServer(script=scripted_turns(SCRIPT), reject_stop=True) as server:
         _, trajectory = _episode(server)
     assert trajectory.submitted and [t.raw_text for t in trajectory.turns] == SCRIPT
-    assert server.statuses == [500, 200, 200, 200]  # one request with stop, then none carries it
-    assert ["stop" in r for r in server.requests] == [True, False, False, False]
+    # Decided on two requests that failed with stop and answered without it; then none carries it.
+    assert server.statuses == [500, 200, 500, 200, 200]
+    assert ["stop" in r for r in server.requests] == [True, False, True, False, False]
     assert [t.policy_info.get("stop_sent") for t in trajectory.turns] == [False] * 3
     warnings = [r for r in caplog.records if "stop" in r.getMessage()]
     assert len(warnings) == 1 and "fails requests that carry `stop`" in warnings[0].getMessage()
+
+
+def test_one_stray_500_does_not_switch_stop_off(caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 18 item 8: a single 500 (answered when resent without `stop`) is no proof that the server cannot take
+    `stop`: the next requests carry it, and once one is answered with it, it is known to work."""
+    faults = [Fault()] * 3 + [Fault(status=500)]  # the first request fails, then the fifth
+    with caplog.at_level(logging.WARNING, logger="segloop.openai"), \
+            OpenAIServer(script=scripted_turns(SCRIPT), fail_first=1, fail_status=500, faults=faults) as server:
+        policy, trajectory = _episode(server)
+        assert trajectory.submitted and server.statuses == [500, 200, 200, 200]
+        assert ["stop" in r for r in server.requests] == [True, False, True, True]
+        assert policy._stop_works is True and not [r for r in caplog.records if "stop" in r.getMessage()]
+        # Known to work, a later 500 is an ordinary one: retried once as it was, stop included.
+        turn = asyncio.run(policy.act(_context()))
+    assert turn.info["statuses"] == [500, 200] and all("stop" in r for r in server.requests[4:])
 
 
 def test_a_hung_server_or_a_trickled_body_is_cut_at_the_deadline() -> None:
@@ -346,6 +380,9 @@ def test_unreachable_server_is_a_clear_error_and_ends_the_episode() -> None:
     result = asyncio.run(agent.run(_image(2), "anything", episode_id="down"))
     assert not result.mask.any()
     assert "cannot connect" in result.trajectory.failure.reason
+    # The failed turn's attempts are kept with the failure: the server totals count them.
+    info = result.trajectory.failure.policy_info
+    assert info["statuses"] == ["no connection"] * 2 and info["unreachable"] and info["request_bytes"] > 0
 
 
 def test_bad_options_are_refused_with_their_name(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -416,6 +453,40 @@ def test_the_concurrency_benchmark_runs() -> None:
     assert float(re.search(r"speed-up at concurrency 32: ([\d.]+)x", out).group(1)) > 0
 
 
+# --- the preflight -------------------------------------------------------------------------------------------
+# The requests a preflight sends before the first episode: one without a picture, one with it.
+PREFLIGHT_REQUESTS = 2
+
+
+def test_the_preflight_passes_a_server_that_sees_pictures_and_refuses_one_that_drops_them() -> None:
+    """Issue 18 item 4: the preflight asks twice, without and with a picture; a model whose prompt does not grow
+    with the picture never sees the image, and is refused in one line naming the flag that overrides."""
+    with OpenAIServer(script=scripted_turns(SCRIPT)) as server:
+        assert asyncio.run(OpenAIPolicy("tiny", base_url=server.base_url, **FAST).preflight()) is None
+    without, with_picture = server.requests
+    assert [len(m["content"]) for m in (without["messages"][0], with_picture["messages"][0])] == [1, 2]
+    assert with_picture["messages"][0]["content"][0]["type"] == "image_url" and without["max_tokens"] == 1
+    with OpenAIServer(script=scripted_turns(SCRIPT), drop_images=True) as server, \
+            pytest.raises(OpenAIPolicyError, match=r"drops pictures: model 'tiny' counts (\d+) prompt tokens for a "
+                                                   r"request with one and \1 without.*--no-preflight runs anyway"):
+        asyncio.run(OpenAIPolicy("tiny", base_url=server.base_url, **FAST).preflight())
+    with OpenAIServer(script=scripted_turns(SCRIPT), drop_images=True) as server:
+        assert asyncio.run(OpenAIPolicy("tiny", base_url=server.base_url, preflight=False).preflight()) is None
+    assert server.requests == []
+
+
+def test_the_preflight_says_when_the_model_is_not_served_or_tokens_are_not_counted() -> None:
+    fault = Fault(status=404, body="The model `nonesuch` does not exist.")
+    with OpenAIServer(script=scripted_turns(SCRIPT), faults=[fault]) as server, \
+            pytest.raises(OpenAIPolicyError, match=r"does not answer a request for model 'nonesuch': .*HTTP 404: The "
+                                                   r"model `nonesuch` does not exist"):
+        asyncio.run(OpenAIPolicy("nonesuch", base_url=server.base_url, **FAST).preflight())
+    with OpenAIServer(script=scripted_turns(SCRIPT)) as server:
+        server.count_tokens = False
+        note = asyncio.run(OpenAIPolicy("tiny", base_url=server.base_url, **FAST).preflight())
+    assert note is not None and "reports no prompt token counts" in note
+
+
 # --- the command line --------------------------------------------------------------------------------------
 def _manifest(folder: Path, n: int = 2) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
@@ -434,12 +505,12 @@ def test_batch_flags_reach_the_server_greedy_by_default_and_totals_reach_metrics
         assert cli(["batch", "--data", str(manifest), "--policy", "openai", "--model", "served", "--base-url",
                     server.base_url, "--seed", "3", "--keep-images", "1", "--tool-mode", "native", "--max-tokens",
                     "64", "--out", str(tmp_path / "out"), "--quiet", "--no-overlays"]) == 0
-    bodies = server.requests
+    bodies = server.requests[PREFLIGHT_REQUESTS:]
     assert len(bodies) == 4 and {b["temperature"] for b in bodies} == {0.0}  # greedy unless asked otherwise
     assert all(b["max_tokens"] == 64 and "seed" in b and b["tools"] for b in bodies)
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["server"]["requests"] == 4 and metrics["server"]["retries"] == 0
-    assert metrics["server"]["request_bytes"] == sum(server.request_sizes)
+    assert metrics["server"]["request_bytes"] == sum(server.request_sizes[PREFLIGHT_REQUESTS:])
     settings = metrics["provenance"]["policy_settings"]
     assert settings["temperature"] == 0.0 and settings["greedy"] is True and settings["tool_mode"] == "native"
     assert settings["keep_images"] == 1 and "sekret" not in json.dumps(metrics)
@@ -452,11 +523,59 @@ def test_run_takes_the_server_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         assert cli(["run", str(tmp_path / "photo.png"), "the cat", "--policy", "openai", "--model", "m",
                     "--temperature", "0", "--seed", "1", "--image-format", "webp", "--no-stop",
                     "--out", str(tmp_path / "ep")]) == 0
-    body = server.requests[0]
+    body = server.requests[PREFLIGHT_REQUESTS]
     assert body["temperature"] == 0.0 and "stop" not in body and isinstance(body["seed"], int)
     assert body["messages"][1]["content"][0]["image_url"]["url"].startswith("data:image/webp;base64,")
     assert cli(["run", str(tmp_path / "photo.png"), "the cat", "--policy", "openai", "--model", "m",
                 "--temperature", "9", "--out", str(tmp_path / "bad")]) == 2
+
+
+def test_a_batch_or_run_against_a_server_that_drops_pictures_runs_nothing(tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture) -> None:
+    """Issue 18 item 4: no episode runs blind. The batch (and run) stop after the preflight's two requests with
+    one line and a non-zero exit; --no-preflight runs anyway."""
+    manifest = _manifest(tmp_path / "data")
+    save_image(_smooth(), tmp_path / "photo.png")
+    script = scripted_turns([format_call(Submit(no_target=True))])
+    with OpenAIServer(script=script, drop_images=True) as server:
+        batch = ["batch", "--data", str(manifest), "--policy", "openai", "--model", "served", "--base-url",
+                 server.base_url, "--out", str(tmp_path / "out"), "--quiet", "--no-overlays"]
+        assert cli(batch) == 2
+        assert len(server.requests) == PREFLIGHT_REQUESTS and not (tmp_path / "out" / "trajectories.jsonl").exists()
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"segloop batch: nothing was run: {server.base_url} drops pictures")
+        run = ["run", str(tmp_path / "photo.png"), "the cat", "--policy", "openai", "--model", "m", "--base-url",
+               server.base_url, "--out", str(tmp_path / "ep")]
+        assert cli(run) == 2 and not (tmp_path / "ep").exists()
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"segloop run: nothing was run: {server.base_url} drops pictures")
+        assert cli([*batch, "--no-preflight"]) == 0
+    assert len(read_finished(tmp_path / "out" / "trajectories.jsonl")) == 2
+
+
+def test_resuming_takes_another_way_to_the_server_and_records_every_value_used(tmp_path: Path,
+                                                                              capsys: pytest.CaptureFixture) -> None:
+    """Issue 18 item 7: a longer --request-timeout, more --retries, localhost for 127.0.0.1 do not change results:
+    the batch resumes. Each run records the values it used; a setting that changes results is still refused."""
+    manifest = _manifest(tmp_path / "data", n=3)
+    out = tmp_path / "out"
+    script = scripted_turns([format_call(Segment(bbox_2d=[10, 10, 90, 80])), format_call(Submit())])
+    with OpenAIServer(script=script) as server:
+        port = server.base_url.split(":")[2].split("/")[0]
+        batch = ["batch", "--data", str(manifest), "--policy", "openai", "--model", "served", "--out", str(out),
+                 "--quiet", "--no-overlays"]
+        assert cli([*batch, "--base-url", server.base_url, "--limit", "2"]) == 0
+        assert cli([*batch, "--base-url", f"http://localhost:{port}/v1", "--request-timeout", "120",
+                    "--retries", "6"]) == 0
+        assert "resuming" in capsys.readouterr().err
+        assert cli([*batch, "--base-url", server.base_url, "--temperature", "0.5"]) == 2
+    assert "agent.policy_options.temperature: 0.0 -> 0.5" in capsys.readouterr().err
+    assert len(read_finished(out / "trajectories.jsonl")) == 3
+    runs = json.loads((out / "run.json").read_text())["runs"]
+    used = [(r["policy_settings"]["base_url"], r["policy_settings"]["request_timeout"],
+             r["policy_settings"]["retries"]) for r in runs]
+    assert used == [(server.base_url, 60.0, 4), (f"http://localhost:{port}/v1", 120.0, 6)]
+    assert runs[1]["episodes_run"] == 1
 
 
 def test_the_demo_gives_ui_chosen_servers_the_command_line_knobs() -> None:
@@ -465,8 +584,9 @@ def test_the_demo_gives_ui_chosen_servers_the_command_line_knobs() -> None:
 
     backends = Backends(AgentSpec(), {"temperature": 0.0, "tool_mode": "native"})
     spec = backends.spec_for(BackendChoice(kind="openai", url="http://gpu-box:8000/v1", model="m"))
+    # Another server than the command line's (localhost:8000 here): no key of ours goes to it.
     assert spec.policy_options == {"retries": 1, "temperature": 0.0, "tool_mode": "native",
-                                   "base_url": "http://gpu-box:8000/v1"}
+                                   "base_url": "http://gpu-box:8000/v1", "api_key_env": None}
     assert cli(["demo", "--temperature", "-1"]) == 2
 
 

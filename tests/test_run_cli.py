@@ -118,3 +118,21 @@ def test_a_tiny_image_is_one_clear_refusal(tmp_path, capsys, size):
     assert err == (f"segloop run: the image is {size[1]}x{size[0]} pixels, too small to look at and zoom into; "
                    "an episode needs at least 28 pixels on each side")
     assert not (tmp_path / "o" / "trajectory.json").exists()
+
+
+def test_a_folder_holding_another_episode_is_refused(image_path, tmp_path, capsys):
+    """Issue 18 item 5: a second run into a used folder would leave the first episode's turn pictures beside the
+    new trajectory; it is refused, naming what is there, and the first episode is left whole."""
+    out = tmp_path / "ep"
+    cli(["run", str(image_path), "the red disc", "--out", str(out), "--policy", "random", "--max-turns", "4"])
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    assert "trajectory.json" in before
+    capsys.readouterr()
+    assert cli(["run", str(image_path), "the blue square", "--out", str(out), "--policy", "random"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"segloop run: --out {out} already holds an episode (") and "final.png" in err
+    assert "\n" not in err and {path.name: path.read_bytes() for path in out.iterdir()} == before
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("a folder of other things is fine")
+    assert cli(["run", str(image_path), "the red disc", "--out", str(tmp_path / "mine"), "--policy", "random",
+                "--max-turns", "2"]) in (0, 3)

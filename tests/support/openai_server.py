@@ -38,9 +38,14 @@ start; ``reject_stop`` answers any request carrying ``stop`` with a bare 500 (``
 vision model does); ``reject_special_tokens`` answers 500 when any text holds a ``<|...|>`` string (a
 template turning echoed ``<|image_pad|>`` into a real image token fails so); ``max_body_bytes`` answers larger
 requests with a proxy's 413 page; ``fail_first`` fails that many requests with ``fail_status`` (an outage a test
-ends by setting it to 0). It can also wait ``latency_s`` before every answer (requests are served in parallel
-threads, as a batching server overlaps them) and require an API key. Every request body is kept in
-``requests``, its size in ``request_sizes``.
+ends by setting it to 0); ``drop_images`` serves the model as text only (pictures are dropped before the prompt
+is counted and answered, as stock ``transformers serve`` does with a checkpoint whose processor resolves to a bare
+tokenizer); a ``Fault`` with ``echo_headers`` puts the request's headers into its error message (as some proxies
+and debugging servers do: the API key with them). It can also wait ``latency_s`` before every answer (requests
+are served in parallel threads, as a batching server overlaps them) and require an API key. Every request body is
+kept in ``requests``, its size in ``request_sizes``, its ``Authorization`` header (or None) in
+``authorizations``. Token counts (``usage``) are rough, a quarter of the request's
+bytes, and left out when ``count_tokens`` is False (as some servers do).
 """
 
 from __future__ import annotations
@@ -87,8 +92,9 @@ class ScriptSlot:
 class Fault:
     """One injected misbehaviour, used for one request: ``hang_s`` (accept, then answer nothing for that
     long), ``trickle_s`` (a valid answer whose body comes one byte per ``trickle_s``), ``status`` (with
-    ``retry_after`` as the header's value and ``body`` as the error message), ``malformed`` (200 with a body
-    that is not a chat completion)."""
+    ``retry_after`` as the header's value and ``body`` as the error message, followed by the request's headers
+    with ``echo_headers``), ``malformed`` (200 with a body that is not a chat completion), ``reset`` (the
+    request is read, then the connection closed without an answer: a reset after connecting)."""
 
     hang_s: float = 0.0
     trickle_s: float = 0.0
@@ -96,6 +102,8 @@ class Fault:
     retry_after: str | None = None
     body: str = "injected failure"
     malformed: bool = False
+    echo_headers: bool = False
+    reset: bool = False
 
 
 class _Generator:
@@ -160,6 +168,18 @@ def _error(message: str, status: int) -> dict[str, Any]:
     return {"error": {"message": message, "type": kind, "param": None, "code": status}}
 
 
+def without_images(body: dict[str, Any]) -> dict[str, Any]:
+    """The request as a text-only server sees it: every image part dropped."""
+    messages = []
+    for message in body.get("messages", []):
+        content = message.get("content")
+        if isinstance(content, list):
+            message = {**message, "content": [p for p in content
+                                              if not (isinstance(p, dict) and p.get("type") == "image_url")]}
+        messages.append(message)
+    return {**body, "messages": messages}
+
+
 def _texts(body: dict[str, Any]) -> list[str]:
     out = []
     for message in body.get("messages", []):
@@ -207,7 +227,8 @@ class OpenAIServer:
                  fail_first: int = 0, fail_status: int = 500, api_key: str | None = None,
                  model_name: str = "tiny", tool_parser: bool = False, reasoning_parser: str | None = None,
                  faults: Sequence[Fault] = (), storm_s: float = 0.0, reject_stop: bool = False,
-                 reject_special_tokens: bool = False, max_body_bytes: int | None = None) -> None:
+                 reject_special_tokens: bool = False, max_body_bytes: int | None = None,
+                 drop_images: bool = False, count_tokens: bool = True) -> None:
         if (script is None) == (model_dir is None):
             raise ValueError("give exactly one of script and model_dir")
         if reasoning_parser not in (None, "reasoning", "reasoning_content"):
@@ -229,7 +250,10 @@ class OpenAIServer:
         self.reject_stop = reject_stop
         self.reject_special_tokens = reject_special_tokens
         self.max_body_bytes = max_body_bytes
+        self.drop_images = drop_images
+        self.count_tokens = count_tokens
         self.requests: list[dict[str, Any]] = []
+        self.authorizations: list[str | None] = []
         self.request_sizes: list[int] = []
         self.statuses: list[int] = []
         self.in_flight = 0
@@ -329,7 +353,7 @@ class OpenAIServer:
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", 0))
                 raw = self.rfile.read(length)
-                if self.path != "/v1/chat/completions":
+                if self.path.split("?")[0] != "/v1/chat/completions":  # a query (?api-version=...) is no route
                     self._send(404, _error(f"no route {self.path}", 404))
                     return
                 if server.api_key and self.headers.get("Authorization") != f"Bearer {server.api_key}":
@@ -347,12 +371,17 @@ class OpenAIServer:
                     return
                 with server._count_lock:
                     server.requests.append(body)
+                    server.authorizations.append(self.headers.get("Authorization"))
                     server.request_sizes.append(length)
                     server.connections.add(self.client_address[:2])
                     server.in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                size = len(raw)
+                if server.drop_images:
+                    body = without_images(body)
+                    size = len(json.dumps(body))
                 try:
-                    self._answer(body, len(raw))
+                    self._answer(body, size)
                 finally:
                     with server._count_lock:
                         server.in_flight -= 1
@@ -367,9 +396,16 @@ class OpenAIServer:
                 if fault is not None and fault.hang_s:
                     server._closing.wait(fault.hang_s)
                     return  # the connection is dropped without an answer
+                if fault is not None and fault.reset:
+                    self.close_connection = True
+                    return
                 if fault is not None and fault.status is not None:
                     headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else None
-                    self._send(fault.status, _error(fault.body, fault.status), headers=headers)
+                    message = fault.body
+                    if fault.echo_headers:  # the credentials first, as an authenticating proxy's error page has them
+                        echoed = sorted(self.headers.items(), key=lambda item: item[0].lower() != "authorization")
+                        message += f"; request headers: {dict(echoed)}"
+                    self._send(fault.status, _error(message, fault.status), headers=headers)
                     return
                 if fault is not None and fault.malformed:
                     self._send_bytes(200, b'{"object": "error", "message": "upstream')
@@ -397,14 +433,16 @@ class OpenAIServer:
                 message, finish = server._message(body, text, finish)
                 # A rough token count from the request's size (re-serialising its images per answer cost more
                 # CPU than the rest of the server, on the machine the client benchmarks run on).
-                self._send(200, {
+                payload: dict[str, Any] = {
                     "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion",
                     "created": int(time.time()), "model": body.get("model", server.model_name),
                     "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish,
                                  "stop_reason": None}],
-                    "usage": {"prompt_tokens": prompt_chars // 4, "completion_tokens": len(text) // 4 + 1,
-                              "total_tokens": prompt_chars // 4 + len(text) // 4 + 1},
-                }, trickle_s=fault.trickle_s if fault is not None else 0.0)
+                }
+                if server.count_tokens:
+                    payload["usage"] = {"prompt_tokens": prompt_chars // 4, "completion_tokens": len(text) // 4 + 1,
+                                        "total_tokens": prompt_chars // 4 + len(text) // 4 + 1}
+                self._send(200, payload, trickle_s=fault.trickle_s if fault is not None else 0.0)
 
         return Handler
 

@@ -25,8 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from segloop.agent import prompts
 from segloop.agent.actions import Action
-from segloop.agent.parser import ParsedTurn, parse_turn
-from segloop.agent.policy import ChatMessage, Policy, PolicyContext, unknown_words
+from segloop.agent.parser import ParsedTurn, echo, parse_turn
+from segloop.agent.policy import ChatMessage, Policy, PolicyContext, PolicyUnavailable, unknown_words
 from segloop.agent.records import EpisodeResult, Failure, Trajectory, TurnRecord
 from segloop.tools.images import ImageError, as_rgb
 from segloop.tools.masks import rle_decode, rle_encode
@@ -109,7 +109,7 @@ class EpisodeState(TypedDict):
     submitted: bool
     no_target: bool
     budget_spent: bool
-    failure: dict[str, str] | None
+    failure: dict[str, Any] | None
     tool_counts: dict[str, int]
     invalid_actions: int
     greedy: bool | None
@@ -230,9 +230,11 @@ class Agent:
             text = answer.text if isinstance(answer.text, str) else str(answer.text)
         except Exception as exc:  # a policy failure (server down, bad model) ends the episode, not the caller
             reason = f"{type(exc).__name__}: {exc}"[:500]
-            return {"done": True, "failure": {"kind": "policy", "reason": reason}}
+            info = exc.info if isinstance(exc, PolicyUnavailable) else {}
+            return {"done": True, "failure": {"kind": "policy", "reason": reason, "policy_info": info}}
         policy_s = time.perf_counter() - tic
-        messages = [*state["messages"], {"role": "assistant", "content": text, "image_id": None}]
+        # The turn is parsed whole (tools node); what is echoed back and recorded is cut (``parser.echo``).
+        messages = [*state["messages"], {"role": "assistant", "content": echo(text), "image_id": None}]
         pending = {"text": text, "policy_s": policy_s, "info": answer.info}
         return {"pending": pending, "messages": messages}
 
@@ -284,14 +286,14 @@ class Agent:
         messages = [*state["messages"], {"role": "tool", "content": observation, "image_id": image_id}]
         action = parsed.action
         record = TurnRecord(
-            turn=state["turn"], raw_text=pending["text"], thought=parsed.thought,
+            turn=state["turn"], raw_text=echo(pending["text"]), thought=parsed.thought,
             action=action.model_dump(exclude_none=True) if action is not None else None,
             error=error, observation=observation,
             observation_image=f"turn_{turn:02d}.png" if image_id else None,
             view_box=acting_view.box.as_tuple(), policy_s=pending["policy_s"], tool_s=time.perf_counter() - tic,
             policy_info=pending.get("info") or {},
         )
-        ws.events.append(TurnEvent(turn=state["turn"], raw_text=pending["text"], thought=parsed.thought,
+        ws.events.append(TurnEvent(turn=state["turn"], raw_text=echo(pending["text"]), thought=parsed.thought,
                                    action=action, call_text=parsed.call_text, error=error, observation=observation,
                                    image=picture, view=stack.current))
         update.update(

@@ -30,7 +30,12 @@ class ChatMessage(BaseModel):
 
 class PolicyUnavailable(RuntimeError):
     """The policy could not give a turn for a reason outside its own choices (a server down or refusing, a
-    model that cannot run): the episode failed; it did not answer."""
+    model that cannot run): the episode failed; it did not answer. ``info`` is what the policy records of the
+    turn that failed (a server policy: every attempt's status); the episode's ``Failure`` keeps it."""
+
+    def __init__(self, message: str = "", info: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.info = dict(info or {})
 
 
 @dataclass
@@ -98,6 +103,9 @@ class Policy(Protocol):
     # Optional: ``unknown_words(query: str) -> list[str]``, the words of ``query`` a closed-vocabulary policy
     # cannot read (the compact policy knows only the words it was trained on). A policy without it reads any
     # words. The episode records them and ``run``, ``batch`` and the demo say so; see ``unknown_words`` below.
+    # Optional: ``async preflight() -> str | None``, a check before the first episode that the policy can work at
+    # all (a server policy: the model is served and sees pictures); it raises ``PolicyUnavailable`` in one line,
+    # or returns a note on what it could not check. See ``preflight`` below.
 
 
 def unknown_words(policy: object, query: str) -> list[str]:
@@ -107,3 +115,10 @@ def unknown_words(policy: object, query: str) -> list[str]:
     if method is None:
         return []
     return list(dict.fromkeys(str(word) for word in method(query)))
+
+
+async def preflight(policy: object) -> str | None:
+    """Run ``policy``'s check before the first episode (``run``, ``batch`` and the demo do); None for a policy
+    with nothing to check. Raises ``PolicyUnavailable`` when the policy cannot work."""
+    method = getattr(policy, "preflight", None)
+    return None if method is None else await method()

@@ -13,6 +13,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
+from segloop.tools.files import write_record
 from segloop.tools.images import save_image, save_mask
 from segloop.tools.overlay import result_picture
 
@@ -46,6 +47,9 @@ class Failure(BaseModel):
 
     kind: FailureKind
     reason: str
+    # What the policy recorded of the turn that failed (a server policy: every attempt's status, ``unreachable``
+    # when they met only an outage); the server totals count these attempts too.
+    policy_info: dict[str, Any] = Field(default_factory=dict)
 
     def describe(self) -> str:
         return f"{self.kind}: {self.reason}"
@@ -150,5 +154,5 @@ def save_episode(result: EpisodeResult, out_dir: str | Path, image: np.ndarray,
             save_image(picture, out / f"{name}.png")
     save_mask(result.mask, out / "mask.png")
     save_image(final_picture(image, result.mask, truth), out / "final.png")
-    (out / "trajectory.json").write_text(result.trajectory.model_dump_json(indent=1))
+    write_record(out / "trajectory.json", result.trajectory.model_dump_json(indent=1))
     return out

@@ -14,6 +14,7 @@ import sys
 from typing import Any
 
 from segloop.evaluation.provenance import segloop_version
+from segloop.tools.redaction import RedactingStream
 
 # name -> (module or "module:object", one-line help). Nested names ("bench tools") are subcommands of a group.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -76,11 +77,16 @@ def _command(target: str) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser(argv).parse_args(argv)
-    args._argv = argv  # the command line as given: what an interrupted batch prints to resume
+    # Every console line passes through redaction: a key echoed in a server's error, credentials in a URL.
+    stdout, stderr = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = RedactingStream(stdout), RedactingStream(stderr)
     try:
+        args = build_parser(argv).parse_args(argv)
+        args._argv = argv  # the command line as given: what an interrupted batch prints to resume
         return int(_command(args._command).main(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        sys.stdout, sys.stderr = stdout, stderr
 

@@ -64,3 +64,16 @@ def agent_spec(args: argparse.Namespace, *, ground_truth: bool) -> AgentSpec:
         options["max_side"] = args.max_side
     return AgentSpec(policy=args.policy, model=args.model, policy_options=options, segmenter=args.segmenter,
                      segmenter_model=args.segmenter_model, episode=config_from_args(EpisodeConfig, args))
+
+
+def compared_settings(spec: AgentSpec) -> dict[str, Any]:
+    """The spec as a batch folder records what decides its results: without how a server is reached
+    (``OpenAIConfig``'s ``CONNECTION_FIELDS``: URL, key variable, timeouts, retries), which may change between
+    runs into the folder; each run records those values among its policy's settings."""
+    from segloop.policies.openai_compat import CONNECTION_FIELDS
+
+    settings = spec.model_dump(mode="json")
+    if spec.policy == "openai":
+        settings["policy_options"] = {k: v for k, v in settings["policy_options"].items()
+                                      if k not in CONNECTION_FIELDS}
+    return settings

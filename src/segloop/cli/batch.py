@@ -2,8 +2,10 @@
 resumable (``segloop.evaluation.batch``): ``trajectories.jsonl``, ``run.json``, ``metrics.json``, ``report.html``.
 
 Exit status: 0 when every episode ran to an answer, 1 when any episode failed (a server down, a segmenter
-crash, an unreadable image: re-running the same command runs those again), 2 for a usage error, 130 when
-interrupted (the saved episodes are kept; the same command resumes)."""
+crash, an unreadable image: re-running the same command runs those again) or the batch stopped early during an
+outage, 2 for a usage error, a server that fails the preflight (nothing is run) or a file that cannot be written
+(a full disk: the same command resumes), 130 when interrupted (the saved episodes are kept; the same command
+resumes)."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from segloop.cli.agent_options import add_agent_arguments, agent_spec
+from segloop.cli.agent_options import add_agent_arguments, agent_spec, compared_settings
 from segloop.cli.options import OptionsError
 from segloop.cli.paths import check_out_folder
 
@@ -32,24 +34,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-overlays", action="store_true", help="skip the per-episode PNGs")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.epilog = ("exit status: 0 every episode answered; 1 some episode FAILED (re-run the same command to run "
-                     "those again); 2 usage error; 130 interrupted (the same command resumes)")
+                     "those again) or the batch stopped early during an outage; 2 usage error, a server that fails "
+                     "the preflight (nothing run) or a file that cannot be written (the same command resumes); "
+                     "130 interrupted (the same command resumes)")
     # Evaluations are greedy unless asked otherwise: a score should not depend on sampling luck.
     add_agent_arguments(parser, defaults={"temperature": 0.0})
 
 
 def main(args: argparse.Namespace) -> int:
+    from segloop.agent.policy import PolicyUnavailable
     from segloop.evaluation.batch import BatchError
+    from segloop.tools.files import WriteError
 
     try:
         metrics = asyncio.run(_main(args))
     except KeyboardInterrupt:
         _interrupted(args)
         return 130
+    except PolicyUnavailable as exc:  # the preflight: before any episode
+        print(f"segloop batch: nothing was run: {exc}", file=sys.stderr)
+        return 2
+    except WriteError as exc:  # a full disk: the finished episodes are saved, the .tmp files removed
+        print(f"segloop batch: {exc}; {_saved(args)}. Free some space, then resume with: {_resume_command(args)}",
+              file=sys.stderr)
+        return 2
     except (BatchError, OptionsError, ValueError, OSError, RuntimeError, ImportError) as exc:
         print(f"segloop batch: {exc}", file=sys.stderr)
         return 2
     print(summary_text(metrics, args.out))
-    return 1 if metrics["failed"] else 0
+    if metrics.get("stopped_early"):
+        print(f"segloop batch: STOPPED EARLY: {metrics['stopped_early']}; {metrics['not_run']} samples were not run. "
+              f"{_saved(args)}; resume with: {_resume_command(args)}", file=sys.stderr)
+    return 1 if metrics["failed"] or metrics.get("stopped_early") else 0
 
 
 def summary_text(metrics: dict[str, Any], out: Path) -> str:
@@ -106,6 +122,12 @@ def _count(n: int, noun: str) -> str:
 
 def _interrupted(args: argparse.Namespace) -> None:
     """Ctrl-C: how many episodes are saved, and the command that resumes."""
+    print(f"segloop batch: interrupted; {_saved(args)}. Resume with: {_resume_command(args)}", file=sys.stderr,
+          flush=True)
+
+
+def _saved(args: argparse.Namespace) -> str:
+    """How many episodes the output folder holds, in words."""
     from segloop.evaluation.batch import TRAJECTORIES, BatchError, failed, read_finished
 
     try:
@@ -113,9 +135,12 @@ def _interrupted(args: argparse.Namespace) -> None:
     except (BatchError, OSError):
         records = []
     broken = sum(failed(r) for r in records)
-    saved = f"{len(records)} episodes saved in {args.out}" + (f" ({broken} failed)" if broken else "")
-    command = shlex.join([*_program(), *getattr(args, "_argv", [])])
-    print(f"segloop batch: interrupted; {saved}. Resume with: {command}", file=sys.stderr, flush=True)
+    return f"{len(records)} episodes saved in {args.out}" + (f" ({broken} failed)" if broken else "")
+
+
+def _resume_command(args: argparse.Namespace) -> str:
+    """The command line that resumes this batch: this one."""
+    return shlex.join([*_program(), *getattr(args, "_argv", [])])
 
 
 def _program() -> list[str]:
@@ -126,7 +151,7 @@ def _program() -> list[str]:
 
 
 async def _main(args: argparse.Namespace) -> dict[str, Any]:
-    from segloop.agent.policy import unknown_words
+    from segloop.agent.policy import preflight, unknown_words
     from segloop.data.specs import load_samples, spec_identity
     from segloop.evaluation.batch import BatchError, run_batch
     from segloop.policies.assembly import build_agent
@@ -145,8 +170,11 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
         words = list(dict.fromkeys(w for ws in unknown.values() for w in ws))
         queries = sum(bool(ws) for ws in unknown.values())
         print(f"segloop batch: note: {queries} of {len(samples)} queries: "
-              f"{unknown_words_note(agent.policy.name, words[:8])}", file=sys.stderr, flush=True)
-    configuration = {"agent": spec.model_dump(mode="json"), "data": spec_identity(args.data)}
+              f"{unknown_words_note(agent.policy.name, words[:8], 'batch --data SPEC --out DIR')}", file=sys.stderr,
+              flush=True)
+    if note := await preflight(agent.policy):
+        print(f"segloop batch: note: {note}", file=sys.stderr, flush=True)
+    configuration = {"agent": compared_settings(spec), "data": spec_identity(args.data)}
     return await run_batch(agent, samples, args.out, args.concurrency, progress=not args.quiet,
                            save_overlays=not args.no_overlays, configuration=configuration,
                            policy_settings=policy_settings(agent.policy))

@@ -15,18 +15,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help=f"the samples: {SPEC_HELP}")
     parser.add_argument("--pred", required=True, type=Path, help="folder of predicted masks named <sample id>.png")
     parser.add_argument("--out", type=Path, default=None, help="write the metrics JSON here")
+    parser.add_argument("--missing-as-empty", action="store_true",
+                        help="score a sample with no prediction as an empty mask (without it, a missing prediction "
+                             "is an error)")
 
 
 def main(args: argparse.Namespace) -> int:
     from segloop.data.readers import DatasetError
     from segloop.data.specs import load_samples
     from segloop.evaluation.predictions import EvaluationError, evaluate_predictions
+    from segloop.tools.files import write_record
     from segloop.tools.images import ImageError
     from segloop.tools.masks import format_table
 
     try:
         samples = load_samples(args.data)
-        result = evaluate_predictions(samples, args.pred)
+        result = evaluate_predictions(samples, args.pred, missing_as_empty=args.missing_as_empty)
     except (DatasetError, EvaluationError, ImageError) as exc:
         print(f"segloop eval-masks: {exc}", file=sys.stderr)
         return 2
@@ -35,7 +39,10 @@ def main(args: argparse.Namespace) -> int:
         shown = ", ".join(result.missing[:5]) + (", ..." if len(result.missing) > 5 else "")
         print(f"missing predictions: {len(result.missing)} of {len(samples)} scored as empty ({shown})")
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result.to_json(), indent=2) + "\n", encoding="utf-8")
+        try:
+            write_record(args.out, json.dumps(result.to_json(), indent=2) + "\n")
+        except OSError as exc:
+            print(f"segloop eval-masks: {exc}", file=sys.stderr)
+            return 2
         print(f"wrote {args.out}")
     return 0

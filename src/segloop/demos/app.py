@@ -4,8 +4,8 @@ Upload an image (or pick a bundled sample), type what to segment, and the agent'
 thought, its tool call and the overlay it saw. The final mask is drawn over the image and offered as a
 PNG and as COCO RLE JSON (not for a failed or EMPTY answer); every episode is saved as ``segloop run`` saves
 it. A follow-up request on the same image continues the same LangGraph thread as a new request: the agent
-looks again from the whole image. Stop ends the episode within the current turn. Each browser session keeps
-its own state.
+looks again from the whole image; another image starts afresh (its upload clears the turns, the final mask and
+the downloads shown). Stop ends the episode within the current turn. Each browser session keeps its own state.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 
 from segloop.demos.backends import BackendChoice, Backends
 from segloop.demos.bundled import bundled_samples
+from segloop.tools.redaction import redact
 
 TITLE = "segloop: segment what a sentence asks for, by acting"
 INTRO = (
@@ -96,6 +97,14 @@ def build_app(backends: Backends, out_dir: Path, work_root: Path | None = None) 
         session.reset()
         return session, [], "New conversation.", None, None
 
+    def on_image(state: DemoSession | None, image_path: str | None):
+        # What is shown belongs to the previous image: a new one starts a new conversation.
+        if state is None or not (state.chat or state.thread_id):
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        session, chat, _, final, files = on_new(state)
+        status = "New image: type a request." if image_path else "Pick a sample or upload an image."
+        return session, chat, status, final, files
+
     def on_backend(backend: str):
         return gr.update(visible=backend == OPENAI_LABEL)
 
@@ -110,7 +119,8 @@ def build_app(backends: Backends, out_dir: Path, work_root: Path | None = None) 
                                    lines=1, max_lines=3)
                 with gr.Row():
                     send = gr.Button("Segment", variant="primary", elem_id="send")
-                    stop = gr.Button("Stop", variant="stop", elem_id="stop")
+                    # Not painted as an alarm: it is there before anything runs.
+                    stop = gr.Button("Stop", variant="secondary", elem_id="stop")
                     new = gr.Button("New conversation", elem_id="new")
                 if samples:
                     gr.Examples(examples=[[str(path), text] for path, text in samples], inputs=[image, query],
@@ -119,10 +129,14 @@ def build_app(backends: Backends, out_dir: Path, work_root: Path | None = None) 
                     backend = gr.Radio([OFFLINE_LABEL, OPENAI_LABEL], value=OFFLINE_LABEL, label="Agent",
                                        elem_id="backend")
                     with gr.Group(visible=False) as server_box:
-                        url = gr.Textbox(label="Server URL", placeholder="http://localhost:8000/v1", elem_id="url")
-                        model = gr.Textbox(label="Model", placeholder="Qwen/Qwen2.5-VL-7B-Instruct", elem_id="model")
-                        gr.Markdown("An API key, if the server needs one, is read from `OPENAI_API_KEY` "
-                                    "in the environment the demo was started in.")
+                        server = redact(backends.server_url)
+                        url = gr.Textbox(label="Server URL", value=server, placeholder="http://localhost:8000/v1",
+                                         elem_id="url", interactive=backends.any_server)
+                        model = gr.Textbox(label="Model", placeholder="Qwen/Qwen2.5-VL-7B-Instruct", elem_id="model",
+                                           value=backends.spec.model if backends.spec.policy == "openai" else "")
+                        gr.Markdown(f"The API key the demo was started with goes only to {server} (its `--base-url`); "
+                                    "another URL gets no key." if backends.any_server else
+                                    f"This demo talks only to {server} (its `--base-url`).")
                     gr.Markdown(f"Offline policy: `{backends.spec.policy}`; segmenter: "
                                 f"`{backends.spec.segmenter}`; at most {backends.spec.episode.max_turns} turns.")
             with gr.Column(scale=3, min_width=400):
@@ -143,5 +157,6 @@ def build_app(backends: Backends, out_dir: Path, work_root: Path | None = None) 
         # ends itself on the flag and shows "Stopped after N turns".
         stop.click(on_stop, [state], [status], concurrency_limit=None, queue=False)
         new.click(on_new, [state], outputs, cancels=[run, submitted])
+        image.change(on_image, [state, image], outputs)
         backend.change(on_backend, [backend], [server_box])
     return app

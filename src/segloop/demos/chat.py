@@ -23,6 +23,7 @@ from segloop.demos.backends import BackendChoice, Backends
 from segloop.demos.session import DemoSession, image_fingerprint
 from segloop.tools.images import ImageError, load_image, save_image, save_mask
 from segloop.tools.masks import rle_encode
+from segloop.tools.redaction import redact
 
 # Longest side of the images shown in the chat: enough to read an overlay, small enough to stream.
 CHAT_IMAGE_SIDE = 512
@@ -66,17 +67,25 @@ def _turn_message(event: Any, image_path: Path | None) -> dict[str, Any]:
 
 
 def outcome_text(trajectory: Any, choice: BackendChoice) -> str:
-    """One line on how the episode ended."""
-    turns = len(trajectory.turns)
-    area = trajectory.final_area_share
+    """One line on how the episode ended; a refusal, and an answer that is a guess (the request has words the
+    agent does not know), say so."""
     if trajectory.failure is not None:
         if trajectory.failure.kind == "policy":
             return describe_policy_error(trajectory.failure.reason, choice)
-        return f"The episode failed ({trajectory.failure.kind}): {trajectory.failure.reason}"
+        return f"The episode failed ({trajectory.failure.kind}): {redact(trajectory.failure.reason)}"
+    words = ", ".join(repr(w) for w in trajectory.unknown_words)
     if trajectory.refused:
-        words = ", ".join(repr(w) for w in trajectory.unknown_words)
         return (f"REFUSED: the agent cannot read {words}, so it did not answer (no mask). Ask with the words it "
                 "knows, or use a vision-language model backend.")
+    # The answer stands, but the agent could not read the whole request: said with every outcome below.
+    guess = f" This is a GUESS: the agent does not know {words}." if trajectory.unknown_words else ""
+    return _outcome(trajectory) + guess
+
+
+def _outcome(trajectory: Any) -> str:
+    """How an answered episode ended."""
+    turns = len(trajectory.turns)
+    area = trajectory.final_area_share
     if trajectory.submitted:
         if trajectory.no_target:
             return f"Done in {turns} turns: the agent says there is no such object."
@@ -98,19 +107,20 @@ _UNREACHABLE = ("ConnectError", "ConnectTimeout", "ConnectionError", "Connection
 def describe_policy_error(error: str, choice: BackendChoice) -> str:
     """A user-facing line for an episode the policy could not finish (its ``Failure`` of kind "policy")."""
     kind, _, detail = error.partition(": ")
+    url = redact(choice.server)
     if choice.kind == "openai":
-        if kind in _UNREACHABLE or "connect" in detail.lower():
-            return f"Cannot reach the server at {choice.url}: is it running, and is the URL right?"
+        if kind in _UNREACHABLE or "cannot connect" in detail.lower():
+            return f"Cannot reach the server at {url}: is it running, and is the URL right?"
         if kind.endswith("Timeout") or "no answer within" in detail:
-            return f"The server at {choice.url} did not answer in time."
-        return f"The server at {choice.url} failed: {detail or kind}"
-    return f"The agent failed: {detail or kind}"
+            return f"The server at {url} did not answer in time."
+        return f"The server at {url} failed: {redact(detail or kind)}"
+    return f"The agent failed: {redact(detail or kind)}"
 
 
 def describe_failure(exc: BaseException) -> str:
     """A user-facing line for an agent that could not be built or raised mid-episode."""
     first_line = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
-    return f"The agent failed: {first_line}"
+    return f"The agent failed: {redact(first_line)}"
 
 
 async def respond(session: DemoSession, image_path: str | None, query: str, choice: BackendChoice,
@@ -123,7 +133,7 @@ async def respond(session: DemoSession, image_path: str | None, query: str, choi
     if not query:
         yield Screen(session.chat, "Type what to segment, e.g. “the red circle left of the blue square”.")
         return
-    if (problem := choice.problem()) is not None:
+    if (problem := backends.problem(choice)) is not None:
         yield Screen(session.chat, problem)
         return
     try:
@@ -167,6 +177,18 @@ async def _run(session: DemoSession, image: np.ndarray, query: str, choice: Back
     except Exception as exc:  # a model that cannot load is a user-facing state, not a crash
         yield Screen(session.chat, describe_failure(exc))
         return
+    from segloop.agent.policy import PolicyUnavailable
+
+    try:
+        note = await backends.check(choice)
+    except PolicyUnavailable as exc:  # the preflight: the server cannot serve this agent; no episode is started
+        session.interrupted = True
+        text = describe_policy_error(f"{type(exc).__name__}: {exc}", choice)
+        session.chat.append({"role": "assistant", "content": [f"**Not started** · {text}"]})
+        yield Screen(session.chat, text)
+        return
+    if note:
+        session.chat.append({"role": "assistant", "content": [f"⚠️ Note: {note}"]})
     if session.stop_requested:  # Stop while the model was loading: no episode was started
         session.interrupted = True
         yield _stopped(session, [], out_dir / episode_id)
@@ -176,11 +198,9 @@ async def _run(session: DemoSession, image: np.ndarray, query: str, choice: Back
     from segloop.policies.registry import unknown_words_note
 
     if words := unknown_words(agent.policy, query):
-        note = unknown_words_note(agent.policy.name, words).replace(
-            "for open vocabulary use a vision-language model backend:",
-            "for open vocabulary choose \"OpenAI-compatible server\" under Backend (a vision-language model), "
-            "or start the demo with")
-        session.chat.append({"role": "assistant", "content": [f"⚠️ Note: {note[0].upper()}{note[1:]}"]})
+        note = unknown_words_note(agent.policy.name, words, "demo")
+        session.chat.append({"role": "assistant", "content": [
+            f"⚠️ Note: {note[0].upper()}{note[1:]}. Or choose “OpenAI-compatible server” under Backend."]})
         yield Screen(session.chat, "Starting (the agent does not know some of these words)…")
 
     stopped: list[EpisodeResult] = []

@@ -9,10 +9,16 @@ segmenter crashed; the image could not be used) is a *failed* record, never an a
 ``failure`` (kind and reason), counts as IoU 0 in the metrics and separately as ``failed``, and re-running
 into the same folder runs it again (with every sample not yet there); answered samples are skipped.
 
-``DIR/run.json`` records what made the results (the configuration: policy, model, options, segmenter, episode
-settings, data) and every run into the folder (segloop version, git commit, host, start and end). A batch
-with another configuration refuses the folder; one process at a time writes to it (``DIR/.segloop.lock``).
-``DIR/metrics.json`` and ``DIR/report.html`` are rewritten from the whole file at the end, with that record.
+``DIR/run.json`` records what made the results (the configuration: policy, model, the options that change
+results, segmenter, episode settings, data) and every run into the folder (segloop version, git commit, host,
+start and end, and the policy's effective settings, how the server was reached included). A batch with another
+configuration refuses the folder; how a server is reached (its URL, timeouts, retries) may change between runs.
+One process at a time writes to the folder (``DIR/.segloop.lock``). ``DIR/metrics.json`` and ``DIR/report.html``
+are rewritten from the whole file at the end, with that record; the server totals count every request sent
+into the folder, the earlier attempts of episodes run again included.
+
+During an outage (``OUTAGE_EPISODES`` episodes in a row failed on requests that met no server able to answer)
+the batch starts no more episodes: the ones not run are run by the same command, as failed ones are.
 """
 
 from __future__ import annotations
@@ -32,10 +38,12 @@ import numpy as np
 
 from segloop.agent.records import EpisodeResult, Trajectory, episode_folder, save_episode
 from segloop.evaluation.provenance import differences, environment, now
-from segloop.evaluation.stats import episode_stats
+from segloop.evaluation.stats import episode_stats, server_totals
+from segloop.tools.files import WriteError, write_record
 from segloop.tools.images import save_image
 from segloop.tools.masks import Metrics, SampleScore, score_sample
 from segloop.tools.overlay import result_picture
+from segloop.tools.redaction import redact, redact_value
 
 if TYPE_CHECKING:
     from segloop.agent.episode import Agent
@@ -44,6 +52,9 @@ if TYPE_CHECKING:
 TRAJECTORIES = "trajectories.jsonl"
 RUN_FILE = "run.json"
 LOCK_FILE = ".segloop.lock"
+# Episodes in a row that failed on an outage (no connection, timeouts, 429/502/503/504 to every retry) after
+# which no more are started: each one would spend its retries against the same outage.
+OUTAGE_EPISODES = 5
 
 
 class BatchError(ValueError):
@@ -55,6 +66,21 @@ def read_finished(path: Path) -> list[dict[str, Any]]:
     """The episode records in ``path``, one per sample id (the last line of each: a failed episode run
     again, or a line written twice, counts once); a torn last line is cut from the file. A broken line
     before the last one is not a kill's trace: that is an error."""
+    return latest(read_records(path))
+
+
+def latest(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The last record of each sample id, in the order the lines were written."""
+    last: dict[str, dict[str, Any]] = {}
+    for record in records:
+        last.pop(record["sample_id"], None)
+        last[record["sample_id"]] = record
+    return list(last.values())
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """Every episode record in ``path``, in the order written (a sample run again has several); a torn last
+    line is cut from the file, a broken line before it is an error (see ``read_finished``)."""
     if not path.exists():
         return []
     data = path.read_bytes()
@@ -81,11 +107,7 @@ def read_finished(path: Path) -> list[dict[str, Any]]:
     if good_bytes < len(data):
         with path.open("r+b") as handle:
             handle.truncate(good_bytes)
-    latest: dict[str, dict[str, Any]] = {}
-    for record in records:
-        latest.pop(record["sample_id"], None)  # the last line of a sample decides, in the order lines were written
-        latest[record["sample_id"]] = record
-    return list(latest.values())
+    return records
 
 
 def failed(record: dict[str, Any]) -> bool:
@@ -137,6 +159,7 @@ def _read_run(out: Path, configuration: dict[str, Any], has_records: bool) -> di
         recorded = run["configuration"]
     except (ValueError, KeyError, TypeError):
         raise BatchError(f"{path} is not a segloop batch record; choose another --out") from None
+    configuration = redact_value(configuration)  # as it was recorded
     if recorded != configuration:
         changed = "; ".join(differences(recorded, configuration))
         raise BatchError(f"{out} holds results of a different configuration ({changed}); choose another --out, "
@@ -145,10 +168,8 @@ def _read_run(out: Path, configuration: dict[str, Any], has_records: bool) -> di
 
 
 def _write_json(path: Path, value: Any) -> None:
-    """Write through a temporary file and rename, so a kill never leaves half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=1))
-    os.replace(tmp, path)
+    """Write whole or not at all, redacted (``tools.files.write_record``)."""
+    write_record(path, json.dumps(value, indent=1))
 
 
 class _Writer:
@@ -159,14 +180,18 @@ class _Writer:
     the disk (a synchronous fsync per line cost more than a whole episode's graph)."""
 
     def __init__(self, path: Path) -> None:
+        self.path = path
         self._handle = path.open("a", encoding="utf-8")
         self._written = 0
         self._synced = 0
         self._syncing: asyncio.Task[None] | None = None
 
     def write(self, record: dict[str, Any]) -> None:
-        self._handle.write(json.dumps(record) + "\n")
-        self._handle.flush()
+        try:  # a line cut short by a full disk is cut off when the file is read again
+            self._handle.write(redact(json.dumps(record)) + "\n")
+            self._handle.flush()
+        except OSError as exc:
+            raise WriteError(exc.errno, f"cannot write {self.path}: {exc.strerror or exc}") from None
         self._written += 1
         if self._syncing is None or self._syncing.done():
             if self._syncing is not None:
@@ -176,7 +201,10 @@ class _Writer:
     async def _sync(self) -> None:
         while self._synced < self._written:
             target = self._written
-            await asyncio.to_thread(os.fsync, self._handle.fileno())
+            try:
+                await asyncio.to_thread(os.fsync, self._handle.fileno())
+            except OSError as exc:
+                raise WriteError(exc.errno, f"cannot write {self.path}: {exc.strerror or exc}") from None
             self._synced = target
 
     async def close(self) -> None:
@@ -185,7 +213,10 @@ class _Writer:
             if self._syncing is not None:
                 await self._syncing
         finally:
-            self._handle.close()
+            try:  # what a failed write left in the buffer fails again here
+                self._handle.close()
+            except OSError as exc:
+                raise WriteError(exc.errno, f"cannot write {self.path}: {exc.strerror or exc}") from None
 
 
 def _stderr(line: str) -> None:
@@ -202,7 +233,8 @@ async def run_batch(agent: Agent, samples: list[Sample], out: Path, concurrency:
 
     ``configuration`` is what decides the episodes (the CLI gives the ``AgentSpec`` and the data spec);
     resuming a folder made by another configuration raises ``BatchError``. ``policy_settings`` are the
-    built policy's effective settings (sampling, server), recorded but not compared."""
+    built policy's effective settings (sampling, server), recorded with each run but not compared.
+    ``metrics["stopped_early"]`` says why the batch stopped before running every sample (an outage), if it did."""
     if concurrency < 1:
         raise BatchError("--concurrency must be at least 1")
     if configuration is None:
@@ -218,7 +250,9 @@ async def _run_locked(agent: Agent, samples: list[Sample], out: Path, concurrenc
                       log: Callable[[str], None]) -> dict[str, Any]:
     from tqdm import tqdm
 
-    finished = {r["sample_id"]: r for r in read_finished(out / TRAJECTORIES)}
+    # Every record written into the folder: the server totals count the attempts of episodes since run again.
+    history = read_records(out / TRAJECTORIES)
+    finished = {r["sample_id"]: r for r in latest(history)}
     run = _read_run(out, configuration, bool(finished))
     answered = {i for i, r in finished.items() if not failed(r)}
     retry = [s for s in samples if s.id in finished and s.id not in answered]
@@ -229,7 +263,8 @@ async def _run_locked(agent: Agent, samples: list[Sample], out: Path, concurrenc
             parts.append(f"{len(retry)} failed earlier and run again")
         parts.append(f"{len(todo) - len(retry)} new")
         log(", ".join(parts))
-    this_run = {"started": now(), **environment(), "pid": os.getpid(), "episodes_run": 0, "ended": None}
+    this_run = {"started": now(), **environment(), "pid": os.getpid(), "episodes_run": 0, "ended": None,
+                "policy_settings": policy_settings}
     run["runs"].append(this_run)
     _write_json(out / RUN_FILE, run)
 
@@ -238,7 +273,8 @@ async def _run_locked(agent: Agent, samples: list[Sample], out: Path, concurrenc
                desc="episodes", file=sys.stderr)
     queue = iter(todo)
     started = time.perf_counter()
-    ran = 0
+    ran = outage = 0
+    stopped_early: str | None = None
 
     async def one(sample: Sample) -> dict[str, Any]:
         base = {"sample_id": sample.id, "kind": sample.kind, "query": sample.query}
@@ -265,13 +301,20 @@ async def _run_locked(agent: Agent, samples: list[Sample], out: Path, concurrenc
         return record
 
     async def worker() -> None:
-        nonlocal ran
+        nonlocal ran, outage, stopped_early
         for sample in queue:  # one shared iterator: each sample is taken by exactly one worker
+            if stopped_early:
+                break
             record = await one(sample)
             writer.write(record)
+            history.append(record)
             finished[record["sample_id"]] = record
             ran += 1
             bar.update(1)
+            outage = outage + 1 if (record.get("failure") or {}).get("policy_info", {}).get("unreachable") else 0
+            if outage >= OUTAGE_EPISODES and not stopped_early:
+                stopped_early = (f"{outage} episodes in a row failed reaching the server "
+                                 f"({record['failure']['reason'][:200]})")
 
     try:
         await asyncio.gather(*(worker() for _ in range(min(concurrency, max(len(todo), 1)))))
@@ -285,7 +328,11 @@ async def _run_locked(agent: Agent, samples: list[Sample], out: Path, concurrenc
     # The folder's records of this dataset, in its order; others (from a larger --limit earlier) stay in the file.
     order = {s.id: i for i, s in enumerate(samples)}
     records = sorted((r for i, r in finished.items() if i in ids), key=lambda r: order[r["sample_id"]])
-    metrics = summarise(records, ran=ran, seconds=elapsed)
+    metrics = summarise(records, ran=ran, seconds=elapsed,
+                        history=[r for r in history if r["sample_id"] in ids])
+    if stopped_early:
+        metrics["stopped_early"] = stopped_early
+        metrics["not_run"] = len(samples) - len(records)
     metrics["provenance"] = provenance_of(run, policy_settings)
     _write_json(out / "metrics.json", metrics)
     from segloop.evaluation.report import write_report
@@ -316,11 +363,14 @@ def _save_pictures(result: EpisodeResult, image: np.ndarray, truth: np.ndarray, 
     save_image(result_picture(image, None, truth, max_side=REPORT_SIDE), folder / "input.png")
 
 
-def summarise(records: list[dict[str, Any]], ran: int = 0, seconds: float = 0.0) -> dict[str, Any]:
+def summarise(records: list[dict[str, Any]], ran: int = 0, seconds: float = 0.0,
+              history: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Metrics over episode records (one per sample): gIoU/cIoU overall, by kind and size class, per sample,
     with every failed episode counted as IoU 0; how many answers were masks, EMPTY masks (no "no_target"),
-    "no such object" and refusals (unknown words: no mask); how many episodes failed and why; what the answered
-    episodes did (``evaluation.stats``); throughput of this run."""
+    "no such object" and refusals (unknown words: no mask, IoU 0 unless there is no target); how many episodes
+    failed and why; what the answered episodes did (``evaluation.stats``); the server totals over ``history``
+    (every record written, earlier attempts of episodes run again included; default ``records``); throughput of
+    this run."""
     metrics = Metrics()
     for r in records:
         metrics.add(SampleScore(id=r["sample_id"], iou=r["iou"], intersection=r["intersection"], union=r["union"],
@@ -329,6 +379,8 @@ def summarise(records: list[dict[str, Any]], ran: int = 0, seconds: float = 0.0)
     broken = [r for r in records if failed(r)]
     trajectories = [Trajectory.model_validate(r["trajectory"]) for r in answers]
     unknown = Counter(w for t in trajectories for w in t.unknown_words)
+    sent = [Trajectory.model_validate(r["trajectory"]) for r in (records if history is None else history)
+            if r.get("trajectory")]
     return {
         **metrics.summary(),
         "answered": len(answers),
@@ -340,6 +392,7 @@ def summarise(records: list[dict[str, Any]], ran: int = 0, seconds: float = 0.0)
         "failed_by_kind": dict(sorted(Counter(r["failure"]["kind"] for r in broken).items())),
         "failures": {r["sample_id"]: f"{r['failure']['kind']}: {r['failure']['reason']}" for r in broken},
         **episode_stats(trajectories),
+        **server_totals(sent),
         "unknown_word_queries": sum(bool(t.unknown_words) for t in trajectories),
         "unknown_words": dict(unknown.most_common(20)),
         "episodes_run": ran,

@@ -1,8 +1,9 @@
 """``segloop eval-masks``: score a folder of predicted masks against a dataset.
 
 Predictions are mask PNGs named ``<sample id>.png`` (any non-zero pixel is foreground) at the image's
-size. A sample with no prediction is scored as an empty mask, and counted and listed, so a partial run
-never looks better than it is. Scores are gIoU / cIoU overall, by size class and by kind
+size. A sample with no prediction is an error (a folder of the wrong run, or half a run, would otherwise be
+scored: a sample with no target and no prediction scores 1), unless asked to score it as an empty mask; those
+are then counted and listed. Scores are gIoU / cIoU overall, by size class and by kind
 (``tools.masks.Metrics``), with ignore regions excluded.
 """
 
@@ -33,11 +34,18 @@ class Evaluation(BaseModel):
         return {**self.summary, "n_missing": len(self.missing), "missing": self.missing}
 
 
-def evaluate_predictions(samples: Sequence[Sample], pred_dir: str | Path) -> Evaluation:
-    """Score ``pred_dir/<id>.png`` for every sample; a missing file is an empty prediction."""
+def evaluate_predictions(samples: Sequence[Sample], pred_dir: str | Path, *,
+                         missing_as_empty: bool = False) -> Evaluation:
+    """Score ``pred_dir/<id>.png`` for every sample. A missing file raises ``EvaluationError`` naming how many
+    and which, unless ``missing_as_empty``: then it is an empty prediction."""
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
         raise EvaluationError(f"{pred_dir}: no such prediction folder")
+    absent = [s.id for s in samples if not (pred_dir / f"{s.id}.png").is_file()]
+    if absent and not missing_as_empty:
+        shown = ", ".join(absent[:5]) + (", ..." if len(absent) > 5 else "")
+        raise EvaluationError(f"{len(absent)} of {len(samples)} samples have no prediction in {pred_dir} ({shown}); "
+                              "score them as empty masks with --missing-as-empty")
     metrics = Metrics()
     missing: list[str] = []
     for sample in samples:

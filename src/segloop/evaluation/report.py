@@ -14,6 +14,7 @@ from typing import Any
 
 from segloop.agent.records import episode_folder
 from segloop.evaluation.provenance import flatten
+from segloop.tools.files import write_record
 
 _STYLE = """
 body{font-family:sans-serif;margin:1.5em;max-width:1400px}
@@ -150,9 +151,7 @@ def write_report(out: Path, records: list[dict[str, Any]], metrics: dict[str, An
             f"</head><body><h1>segloop batch: {len(records)} episodes</h1>"
             f"<h2>Results</h2>{_counts(metrics)}{table}{_did(metrics)}{_provenance(metrics.get('provenance', {}))}"
             f"<h2>Episodes (failed first, then worst first)</h2>{''.join(episodes)}</body></html>")
-    path = out / "report.html"
-    path.write_text(page, encoding="utf-8")
-    return path
+    return write_record(out / "report.html", page)
 
 
 def _strip_images(part: str) -> str:

@@ -85,17 +85,19 @@ def episode_stats(trajectories: Sequence[Trajectory]) -> dict[str, Any]:
 
 
 def server_totals(trajectories: Sequence[Trajectory]) -> dict[str, Any]:
-    """Requests, retries, statuses other than 200, token usage and request bytes over the turns a server
-    answered (the episodes' own turns; a turn that failed ends its episode with a ``failure`` instead), with
-    the median and largest request bytes of an episode. Empty when no turn came from a server."""
+    """Requests, retries, statuses other than 200, token usage and request bytes over every request the
+    episodes sent: their turns' and, for an episode that failed, its failed turn's (``Failure.policy_info``),
+    with the median and largest request bytes of an episode. Empty when no turn came from a server."""
     requests = retries = prompt_tokens = completion_tokens = 0
     failures: Counter[str] = Counter()
     per_episode: list[int] = []
     for trajectory in trajectories:
         sent = 0
         served = False
-        for turn in trajectory.turns:
-            info = turn.policy_info
+        infos = [turn.policy_info for turn in trajectory.turns]
+        if trajectory.failure is not None:
+            infos.append(trajectory.failure.policy_info)
+        for info in infos:
             if "request_bytes" not in info:
                 continue
             served = True

@@ -39,7 +39,7 @@ from typing import Any, Literal
 import numpy as np
 
 from segloop.agent import prompts
-from segloop.agent.parser import format_call, parse_turn
+from segloop.agent.parser import call_body, format_call, json_value, parse_turn
 from segloop.agent.policy import ChatMessage
 from segloop.tools.encoding import data_url
 
@@ -186,10 +186,9 @@ def _structured_call(text: str) -> tuple[str | None, str, str] | None:
     parsed = parse_turn(text)
     if parsed.raw_call is None:
         return None
-    body = _FENCE.sub(r"\1", parsed.raw_call.strip())
     try:
-        payload = json.loads(body)
-    except (json.JSONDecodeError, RecursionError):
+        payload = json_value(call_body(parsed.raw_call))
+    except ValueError:
         return None
     if not isinstance(payload, dict) or not isinstance(payload.get("name"), str):
         return None
@@ -199,7 +198,6 @@ def _structured_call(text: str) -> tuple[str | None, str, str] | None:
     return parsed.thought, payload["name"], arguments
 
 
-_FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
 _THINK_BLOCK = re.compile(r"<think>.*?(?:</think>|$)", re.DOTALL)
 _CALL_END = "</tool_call>"
 
@@ -251,8 +249,8 @@ def turn_from_message(message: Mapping[str, Any]) -> tuple[str, str]:
         thought = (block.group(0).removeprefix("<think>").removesuffix("</think>") if block else content).strip()
     if isinstance(arguments, str):
         # Kept as written when it is not JSON: the parser then tells the model its call is not valid JSON.
-        with contextlib.suppress(json.JSONDecodeError, RecursionError):
-            arguments = json.loads(arguments) if arguments.strip() else {}
+        with contextlib.suppress(ValueError):
+            arguments = json_value(arguments) if arguments.strip() else {}
     if isinstance(arguments, str):
         payload = f'{{"name": {json.dumps(name)}, "arguments": {arguments}}}'
     else:

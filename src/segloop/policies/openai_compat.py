@@ -55,6 +55,7 @@ import asyncio
 import email.utils
 import json
 import logging
+import math
 import os
 import re
 import ssl
@@ -66,6 +67,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from segloop.agent.actions import tool_schemas
+from segloop.agent.parser import json_value
 from segloop.agent.policy import PolicyContext, PolicyTurn, PolicyUnavailable
 from segloop.policies.chat import (
     SpecialTokens,
@@ -76,6 +78,7 @@ from segloop.policies.chat import (
     turn_from_message,
 )
 from segloop.tools.encoding import ImageFormat, data_url
+from segloop.tools.redaction import redact, register_secret, register_url_secrets
 from segloop.tools.views import DEFAULT_MAX_SIDE, CoordFrame
 
 log = logging.getLogger("segloop.openai")
@@ -85,6 +88,15 @@ _TRANSIENT = {429, 502, 503, 504}
 _FINAL = {401, 403, 404}
 # A 500 that names one of these is the request's own fault: it would fail again.
 _DETERMINISTIC = re.compile(r"template|jinja|validat|token|invalid|not supported|unsupported|mismatch", re.I)
+# Statuses of an attempt that met no server able to answer: an episode that ends on these alone is an outage's.
+_OUTAGE = {"no connection", "connection lost", "timeout", *_TRANSIENT}
+# A request with a stop string failed (500) and answered without it this many times, with no request carrying
+# it ever answered: the server cannot take `stop` (one stray 500 is not enough to decide).
+STOP_EVIDENCE = 2
+# How the server is reached: it may change between runs into one batch folder (resuming compares only the
+# other fields, the ones that change results); every value used is still recorded.
+CONNECTION_FIELDS = ("base_url", "api_key_env", "request_timeout", "retries", "backoff", "retry_after_cap",
+                     "concurrency", "preflight")
 
 
 def _default_base_url() -> str:
@@ -98,9 +110,9 @@ class OpenAIConfig(BaseModel):
 
     base_url: str = Field(default_factory=_default_base_url, validate_default=True,
                           description="the server's OpenAI-compatible base URL ($OPENAI_BASE_URL when set)")
-    api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the API key (the key "
-                                                           "itself is never a flag nor recorded; none is sent when "
-                                                           "it is unset)")
+    api_key_env: str | None = Field("OPENAI_API_KEY", description="environment variable holding the API key (the "
+                                                                  "key itself is never a flag nor recorded; none is "
+                                                                  "sent when it is unset)")
     temperature: float = Field(1.0, ge=0, le=2, description="sampling temperature; 0 is greedy")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass")
     max_tokens: int = Field(512, ge=1, description="longest answer per turn, in tokens")
@@ -134,6 +146,9 @@ class OpenAIConfig(BaseModel):
                                                                "never enlarged beyond their own pixels)")
     frame: CoordFrame = Field("pixels", description="coordinates the model writes: pixels of the image shown "
                                                     "(Qwen2.5-VL) or norm1000 (Qwen3-VL)")
+    preflight: bool = Field(True, description="before the first episode, check that the server serves the model and "
+                                              "that pictures reach it (a request with one counts more prompt tokens); "
+                                              "a server that drops them is refused")
 
     @field_validator("base_url")
     @classmethod
@@ -144,14 +159,16 @@ class OpenAIConfig(BaseModel):
 
 
 class OpenAIPolicyError(PolicyUnavailable):
-    """The endpoint could not give a turn: unreachable, hung, refused the request, or answered nonsense."""
+    """The endpoint could not give a turn: unreachable, hung, refused the request, or answered nonsense. ``info``
+    records the failed request's attempts (``statuses``, ``retries``, ``waited_s``, ``request_bytes``) and whether
+    they met only an outage (``unreachable``: no connection, timeouts, 429/502/503/504)."""
 
 
 class _Refused(OpenAIPolicyError):
     """The server refused this request in a way that would repeat (400, 422, a 500 twice)."""
 
-    def __init__(self, message: str, problem: str) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, problem: str, info: dict[str, Any]) -> None:
+        super().__init__(message, info)
         self.problem = problem
 
 
@@ -166,6 +183,12 @@ class _Attempts:
     @property
     def retries(self) -> int:
         return max(len(self.statuses) - 1, 0)
+
+    def info(self) -> dict[str, Any]:
+        """The attempts as a failed turn's record (``OpenAIPolicyError.info``)."""
+        return {"statuses": list(self.statuses), "retries": self.retries, "waited_s": round(self.waited_s, 3),
+                "request_bytes": self.bytes_sent,
+                "unreachable": bool(self.statuses) and all(s in _OUTAGE for s in self.statuses)}
 
 
 class OpenAIPolicy:
@@ -186,14 +209,23 @@ class OpenAIPolicy:
         self.config = config
         self.model = model
         self.base_url = config.base_url
-        self.api_key = os.environ.get(config.api_key_env) or None
+        # A query in the base URL (``?api-key=...``, ``?api-version=...``) goes with every request, after the path.
+        url = httpx.URL(config.base_url)
+        self._root, self._params = url.copy_with(query=None), url.params
+        self.endpoint = redact(f"{self._root}/chat/completions")  # as messages name it
+        self.api_key = (os.environ.get(config.api_key_env) if config.api_key_env else None) or None
+        # Echoed back in a server's error, they are masked in every record and line.
+        register_secret(self.api_key)
+        register_url_secrets(config.base_url)
         self.frame = config.frame
         self.max_side = config.max_side
         self.concurrency = config.concurrency
         self.usage = {"requests": 0, "retries": 0, "prompt_tokens": 0, "completion_tokens": 0, "request_bytes": 0}
         self._strip = special_token_stripper(config.special_tokens)
-        # None: not known yet; False: the server fails requests that carry `stop` (found once, said once).
+        # None: not known yet; True: a request carrying `stop` was answered; False: the server fails requests that
+        # carry it (decided on ``STOP_EVIDENCE`` requests, said once).
         self._stop_works: bool | None = None
+        self._stop_failures = 0
         # The clients and the semaphore belong to one event loop; a new loop (a later asyncio.run) gets new ones.
         self._loop: asyncio.AbstractEventLoop | None = None
         self._idle: list[httpx.AsyncClient] = []
@@ -228,7 +260,7 @@ class OpenAIPolicy:
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
         timeout = self.config.request_timeout
-        return httpx.AsyncClient(base_url=self.base_url, headers=headers, verify=self._ssl,
+        return httpx.AsyncClient(base_url=self._root, params=self._params, headers=headers, verify=self._ssl,
                                  limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
                                  timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)))
 
@@ -278,7 +310,7 @@ class OpenAIPolicy:
             # request changes with it: a refusal caused by the model's own answer, such as a call the server
             # cannot parse, goes away). Two in a row end the episode: the conversation itself is refused.
             if self._refused.get(context.episode_id):
-                raise OpenAIPolicyError(f"{refusal} (twice in a row: the episode ends)") from None
+                raise OpenAIPolicyError(f"{refusal} (twice in a row: the episode ends)", refusal.info) from None
             self._refused[context.episode_id] = 1
             return PolicyTurn(text="", info={
                 "refused": refusal.problem, "statuses": attempts.statuses, "retries": attempts.retries,
@@ -290,8 +322,8 @@ class OpenAIPolicy:
         try:
             text, source = turn_from_message(choice["message"])
         except TypeError as exc:  # content that is neither text nor parts
-            raise OpenAIPolicyError(f"{self.base_url}/chat/completions answered with a message segloop cannot read: "
-                                    f"{exc}") from None
+            raise OpenAIPolicyError(redact(f"{self.endpoint} answered with a message segloop cannot read: {exc}"),
+                                    attempts.info()) from None
         finish = choice.get("finish_reason")
         if "stop" in sent and finish == "stop" and text.rfind("<tool_call>") > text.rfind(STOP):
             text += STOP  # servers drop a matched stop string from the text
@@ -311,6 +343,38 @@ class OpenAIPolicy:
             info["stop_sent"] = False
         return PolicyTurn(text=text, info=info)
 
+    # -- before the first episode ---------------------------------------------------------------------
+    async def preflight(self) -> str | None:
+        """Check what can be checked before any episode (``--no-preflight`` skips it): the server answers a chat
+        request for this model, and a picture reaches the model (a request with one counts more prompt tokens than
+        the same request without it). Raises ``OpenAIPolicyError`` in one line naming what is wrong; returns a note
+        when the server reports no token counts (then pictures cannot be checked)."""
+        if not self.config.preflight:
+            return None
+        text = {"type": "text", "text": "Describe the picture in one word."}
+        picture = {"type": "image_url", "image_url": {"url": self._data_url(_PREFLIGHT_PICTURE)}}
+        counts = []
+        for content in ([text], [picture, text]):
+            body = {"model": self.model, "messages": [{"role": "user", "content": content}], "max_tokens": 1,
+                    "temperature": 0.0, "stream": False}
+            try:
+                payload, _ = await self._post(body, _Attempts())
+            except OpenAIPolicyError as exc:
+                raise OpenAIPolicyError(f"the server does not answer a request for model {self.model!r}: {exc}",
+                                        exc.info) from None
+            usage = payload.get("usage")
+            counts.append(usage.get("prompt_tokens") if isinstance(usage, dict) else None)
+        without, with_picture = counts
+        if not isinstance(without, int) or not isinstance(with_picture, int):
+            return (f"{redact(self.base_url)} reports no prompt token counts: segloop cannot check that pictures "
+                    "reach the model")
+        if with_picture <= without:
+            raise OpenAIPolicyError(
+                f"{redact(self.base_url)} drops pictures: model {self.model!r} counts {with_picture} prompt tokens for "
+                f"a request with one and {without} without, so it would answer without seeing the image (serve a "
+                "vision-language model with its image processor; --no-preflight runs anyway)")
+        return None
+
     # -- the wire -------------------------------------------------------------------------------------
     async def _post(self, body: dict[str, Any], attempts: _Attempts) -> tuple[dict[str, Any], dict[str, Any]]:
         """The answer to ``body`` and the body that got it (see the module docstring for the retry rules)."""
@@ -324,10 +388,14 @@ class OpenAIPolicy:
     async def _attempts(self, slot: list[httpx.AsyncClient], body: dict[str, Any], attempts: _Attempts
                         ) -> tuple[dict[str, Any], dict[str, Any]]:
         config = self.config
-        url = f"{self.base_url}/chat/completions"
+        url = self.endpoint
         data = json.dumps(body, separators=(",", ":")).encode()
         transient = timeouts = malformed = unexplained = 0
         dropped_stop = False
+
+        def failed(problem: str) -> OpenAIPolicyError:
+            return OpenAIPolicyError(self._failed(url, attempts, problem), attempts.info())
+
         while True:
             wait = 0.0
             self.usage["requests"] += 1
@@ -345,15 +413,18 @@ class OpenAIPolicy:
                 slot[0] = self._new_client()
                 timeouts += 1
                 if timeouts > 1:
-                    problem = f"no answer within {config.request_timeout:g} s (the whole answer, body included), twice"
-                    raise OpenAIPolicyError(self._failed(url, attempts, problem)) from None
+                    raise failed(f"no answer within {config.request_timeout:g} s (the whole answer, body included), "
+                                 "twice") from None
                 wait = config.backoff
             except httpx.TransportError as exc:
-                attempts.statuses.append("no connection")
+                # Refused or unresolvable: nobody answers at the URL. Anything else (a reset, a closed connection)
+                # happened after connecting.
+                connect = isinstance(exc, httpx.ConnectError)
+                attempts.statuses.append("no connection" if connect else "connection lost")
                 transient += 1
                 if transient > config.retries:
-                    raise OpenAIPolicyError(self._failed(url, attempts, f"cannot connect ({type(exc).__name__}: "
-                                                                       f"{exc})")) from None
+                    what = "cannot connect" if connect else "the connection was lost after connecting"
+                    raise failed(f"{what} ({type(exc).__name__}: {exc})") from None
                 wait = config.backoff * 2 ** (transient - 1)
             else:
                 status = response.status_code
@@ -361,19 +432,12 @@ class OpenAIPolicy:
                 if status == 200:
                     payload = _completion(response)
                     if payload is not None:
-                        if "stop" in body and not dropped_stop:
-                            self._stop_works = True
-                        if dropped_stop and self._stop_works is None:
-                            self._stop_works = False
-                            log.warning("%s fails requests that carry `stop` (HTTP 500) and answers without it: "
-                                        "segloop sends no `stop` to it from now on and cuts each answer at %s "
-                                        "itself", self.base_url, STOP)
+                        self._learn_stop(body, dropped_stop)
                         return payload, body
                     malformed += 1
                     if malformed > 1:
-                        raise OpenAIPolicyError(self._failed(url, attempts, "answered 200 twice with a body that is "
-                                                                            f"not a chat completion: "
-                                                                            f"{_detail(response)}"))
+                        raise failed(f"answered 200 twice with a body that is not a chat completion: "
+                                     f"{_detail(response)}")
                 else:
                     detail = _detail(response)
                     problem = f"HTTP {status}: {detail}"
@@ -383,39 +447,55 @@ class OpenAIPolicy:
                     if status in _TRANSIENT:
                         transient += 1
                         if transient > config.retries:
-                            raise OpenAIPolicyError(self._failed(url, attempts, problem))
+                            raise failed(problem)
                         wait = _retry_after(response, config.backoff * 2 ** (transient - 1))
                     elif status == 500 and _DETERMINISTIC.search(detail):
-                        raise _Refused(self._failed(url, attempts, f"{problem} (a refusal; not sent again)"), problem)
-                    elif status == 500 and "stop" in body and self._stop_works is None and not dropped_stop:
-                        # Maybe the server cannot take `stop` at all: the next attempt goes without it.
+                        raise _Refused(self._failed(url, attempts, f"{problem} (a refusal; not sent again)"), problem,
+                                       attempts.info())
+                    elif status == 500 and "stop" in body and self._stop_works is not True and not dropped_stop:
+                        # Maybe the server cannot take `stop`: this request's one retry goes without it.
                         body = {k: v for k, v in body.items() if k != "stop"}
                         data = json.dumps(body, separators=(",", ":")).encode()
                         dropped_stop = True
-                        unexplained += 1  # the request without stop is this 500's one retry
+                        unexplained += 1
                     elif status == 500 and unexplained == 0:
                         unexplained += 1
                         wait = config.backoff
                     elif status in _FINAL:
-                        raise OpenAIPolicyError(self._failed(url, attempts, problem))
+                        raise failed(problem)
                     elif status == 413:
-                        raise OpenAIPolicyError(self._failed(
-                            url, attempts, f"{problem}: the request of {len(data)} bytes is too large for the server "
-                                           "(send fewer or smaller pictures: --keep-images, --image-format, "
-                                           "--image-quality, --max-side; it is not sent again)"))
+                        raise failed(f"{problem}: the request of {len(data)} bytes is too large for the server (send "
+                                     "fewer or smaller pictures: --keep-images, --image-format, --image-quality, "
+                                     "--max-side; it is not sent again)")
                     else:
-                        raise _Refused(self._failed(url, attempts, f"{problem} (a refusal; not sent again)"), problem)
+                        raise _Refused(self._failed(url, attempts, f"{problem} (a refusal; not sent again)"), problem,
+                                       attempts.info())
             if wait:
                 wait = min(wait, config.retry_after_cap)
                 attempts.waited_s += wait
                 await asyncio.sleep(wait)
 
+    def _learn_stop(self, body: dict[str, Any], dropped_stop: bool) -> None:
+        """What an answered request says of `stop`, decided on the server's responses, never on one alone: an
+        answer to a request carrying it proves it works; a request that failed (500) with it and was answered
+        without it is evidence against it, and ``STOP_EVIDENCE`` of those (and no answer with it) decide. A
+        transient failure (no connection, 503, a timeout) is evidence of nothing."""
+        if "stop" in body:
+            self._stop_works = True
+        elif dropped_stop and self._stop_works is None:
+            self._stop_failures += 1
+            if self._stop_failures >= STOP_EVIDENCE:
+                self._stop_works = False
+                log.warning("%s fails requests that carry `stop` (HTTP 500) and answers them without it: segloop "
+                            "sends no `stop` to it from now on and cuts each answer at %s itself",
+                            redact(self.base_url), STOP)
+
     @staticmethod
     def _failed(url: str, attempts: _Attempts, problem: str) -> str:
         statuses = ", ".join(str(s) for s in attempts.statuses)
         count = len(attempts.statuses)
-        return (f"{url}: {problem} ({count} attempt{'s' if count > 1 else ''}: {statuses}; "
-                f"{attempts.waited_s:.1f} s waited)")
+        return redact(f"{url}: {problem} ({count} attempt{'s' if count > 1 else ''}: {statuses}; "
+                      f"{attempts.waited_s:.1f} s waited)")
 
     def end_episode(self, episode_id: str) -> None:
         """Drop the episode's encoded images; a server policy has no token ledger to return."""
@@ -423,10 +503,16 @@ class OpenAIPolicy:
         self._refused.pop(episode_id, None)
 
 
+# The preflight's picture: small, but larger than a vision encoder's smallest input (28 px tiles), with detail.
+_PREFLIGHT_PICTURE = np.kron(np.indices((4, 4)).sum(axis=0) % 2 * 255, np.ones((16, 16)))[..., None].repeat(
+    3, axis=2).astype(np.uint8)
+
+
 def _completion(response: httpx.Response) -> dict[str, Any] | None:
-    """The body when it is a chat completion with a message, else None."""
+    """The body when it is a chat completion with a message, else None (read as model text is: a huge integer in
+    it is no reason to fail)."""
     try:
-        payload = response.json()
+        payload = json_value(response.text)
         message = payload["choices"][0]["message"]
     except (ValueError, KeyError, IndexError, TypeError):
         return None
@@ -449,7 +535,7 @@ def _detail(response: httpx.Response) -> str:
     if message is None and "html" in response.headers.get("content-type", ""):
         title = re.search(r"<title>(.*?)</title>", text, re.I | re.S)  # a proxy's error page
         text = title.group(1) if title else re.sub(r"<[^>]+>", " ", text)
-    return " ".join(text.split())[:200] or "(empty body)"
+    return redact(" ".join(text.split()))[:200] or "(empty body)"
 
 
 def _retry_after(response: httpx.Response, default: float) -> float:
@@ -458,9 +544,11 @@ def _retry_after(response: httpx.Response, default: float) -> float:
     if not value:
         return default
     try:
-        return max(float(value), 0.0)
+        seconds = float(value)
     except ValueError:
         pass
+    else:  # "nan" parses as a float, and would wait nothing; "inf" is capped by the caller
+        return max(seconds, 0.0) if not math.isnan(seconds) else default
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):

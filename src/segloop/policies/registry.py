@@ -108,10 +108,9 @@ def load_learnable(directory: str | Path, *, seed: int | None = None, **options:
 # the policy's effective settings, defaults included.
 _SETTINGS = ("name", "model", "base_url", "frame", "max_side", "greedy", "temperature", "top_p", "max_tokens",
              "max_new_tokens", "seed", "timeout_s", "max_retries", "concurrency", "device")
-# How to run an open-vocabulary agent: what ``unknown_words_note`` points to.
-VLM_COMMAND = ('segloop run IMAGE "QUERY" --out DIR --policy openai --model Qwen/Qwen2.5-VL-7B-Instruct '
-               '(with `vllm serve Qwen/Qwen2.5-VL-7B-Instruct` on localhost:8000), or --policy transformers '
-               '--model Qwen/Qwen2.5-VL-7B-Instruct')
+# The open-vocabulary agent ``unknown_words_note`` points to: a vision-language model on a local vLLM server.
+VLM = "Qwen/Qwen2.5-VL-7B-Instruct"
+VLM_URL = "http://localhost:8000/v1"
 
 
 def policy_settings(policy: Policy) -> dict[str, Any]:
@@ -131,9 +130,11 @@ def policy_settings(policy: Policy) -> dict[str, Any]:
     return settings
 
 
-def unknown_words_note(policy_name: str, words: list[str]) -> str:
-    """One line saying that the policy cannot read ``words`` of a request, and what to use instead."""
+def unknown_words_note(policy_name: str, words: list[str], command: str = 'run IMAGE "QUERY" --out DIR') -> str:
+    """One line saying that the policy cannot read ``words`` of a request, and the command that uses a
+    vision-language model instead: ``segloop {command}`` (the command the note is printed by, with its own
+    arguments) with the server policy's flags."""
     listed = ", ".join(repr(w) for w in words)
     return (f"the {policy_name} policy does not know the word{'s' if len(words) != 1 else ''} {listed} (it knows "
-            "only the words it was trained on); for open vocabulary use a vision-language model backend: "
-            f"{VLM_COMMAND}")
+            f"only the words it was trained on); for open vocabulary use a vision-language model: segloop {command} "
+            f"--policy openai --model {VLM} --base-url {VLM_URL} (with `vllm serve {VLM}` running there)")

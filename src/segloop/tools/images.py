@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from segloop.tools.encoding import encode_png
+from segloop.tools.files import write_bytes
 
 # Largest image accepted, in pixels. PIL's own guard (~89 MP) is a multi-line DecompressionBombWarning below
 # 2x and an obscure error above; ours is explicit: PIL's warning is silenced and anything over this limit is
@@ -169,15 +170,9 @@ def image_size(path: str | Path) -> tuple[int, int]:
 
 def save_mask(mask: np.ndarray, path: str | Path) -> Path:
     """Write a bool mask as a 0/255 grayscale PNG."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(encode_png(np.asarray(mask, dtype=bool).astype(np.uint8) * 255))
-    return path
+    return write_bytes(path, encode_png(np.asarray(mask, dtype=bool).astype(np.uint8) * 255))
 
 
 def save_image(image: np.ndarray, path: str | Path) -> Path:
     """Write an image array as an RGB PNG (the same array always gives the same bytes)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(encode_png(as_rgb(image)))
-    return path
+    return write_bytes(path, encode_png(as_rgb(image)))
