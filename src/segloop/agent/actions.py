@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Literal, NamedTuple, Protocol
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from segloop.tools.overlay import render_overlay
+from segloop.tools.overlay import draw_prompt
 from segloop.tools.segmenters import Prompt
 from segloop.tools.views import View, ViewStack, check_point
 
@@ -44,7 +44,11 @@ class ToolEnv(Protocol):
     no_target: bool
 
     def render(self, view: View) -> np.ndarray:
-        """The view at the size the policy is shown it."""
+        """The view at the size the policy is shown it (shared: draw on a copy)."""
+        ...
+
+    def overlay(self, view: View) -> np.ndarray:
+        """The candidate drawn over the view (``tools.overlay.draw_mask``; shared: draw on a copy)."""
         ...
 
     def describe(self, view: View) -> str:
@@ -159,7 +163,8 @@ class Segment(Action):
         hint = env.candidate if points else None
         mask = await env.segment(view, Prompt(box=box, points=points, point_labels=labels, mask=hint))
         env.candidate = mask
-        overlay = render_overlay(env.image, view, mask, box=box, points=points, labels=labels, base=env.render(view))
+        overlay = env.overlay(view).copy()  # the inspection of this candidate shows it without the prompt
+        draw_prompt(overlay, view, box, points, labels)
         return Observation(f"Segmented: {env.describe(view)}.", overlay)
 
 
@@ -173,8 +178,7 @@ class InspectMask(Action):
         if env.candidate is None:
             raise ValueError("there is no candidate mask yet; call segment first")
         view = env.views.current
-        overlay = render_overlay(env.image, view, env.candidate, base=env.render(view))
-        return Observation(f"Candidate: {env.describe(view)}.", overlay)
+        return Observation(f"Candidate: {env.describe(view)}.", env.overlay(view))
 
 
 class Submit(Action):

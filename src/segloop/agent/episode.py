@@ -30,7 +30,7 @@ from segloop.agent.policy import ChatMessage, Policy, PolicyContext, unknown_wor
 from segloop.agent.records import EpisodeResult, Failure, Trajectory, TurnRecord
 from segloop.tools.images import ImageError, as_rgb
 from segloop.tools.masks import rle_decode, rle_encode
-from segloop.tools.overlay import mask_stats
+from segloop.tools.overlay import MaskInView
 from segloop.tools.segmenters import Prompt, Segmenter, SegmenterError
 from segloop.tools.views import (
     SIDE_MULTIPLE,
@@ -131,14 +131,18 @@ class _Workspace:
     # Views rendered so far, by box and size: the overlays of later turns in the same view start from these.
     renders: dict[tuple[int, ...], np.ndarray] = field(default_factory=dict)
     candidate_counts: str | None = None
-    # The last statistics line, by candidate and view: a submit right after segment or inspect reuses it.
-    stats: tuple[str, tuple[int, ...], str] | None = None
     candidate: np.ndarray | None = None
+    # The candidate as seen from each view so far (its overlay and statistics), until the candidate changes.
+    candidate_views: dict[tuple[int, ...], MaskInView] = field(default_factory=dict)
     ground_truth: np.ndarray | None = None
     ignore: np.ndarray | None = None
     # The request's previous turn as parsed by the tools node (each turn's text is parsed once), for the policy.
     last_turn: ParsedTurn | None = None
     events: deque[TurnEvent] = field(default_factory=deque)
+
+    def set_candidate(self, counts: str, mask: np.ndarray) -> None:
+        self.candidate_counts, self.candidate = counts, mask
+        self.candidate_views.clear()
 
 
 class _ToolEnv:
@@ -160,19 +164,27 @@ class _ToolEnv:
     @candidate.setter
     def candidate(self, mask: np.ndarray) -> None:
         self.new_candidate = rle_encode(mask)
-        self.ws.candidate_counts, self.ws.candidate = self.new_candidate["counts"], mask
+        self.ws.set_candidate(self.new_candidate["counts"], mask)
         self._candidate = mask
 
     def render(self, view: View) -> np.ndarray:
         return _render(self.ws, view)
 
+    def overlay(self, view: View) -> np.ndarray:
+        return self._seen(view).picture
+
     def describe(self, view: View) -> str:
-        """``mask_stats(...).describe()`` of the candidate, computed once per candidate and view."""
-        key = (*view.box.as_tuple(), view.width, view.height)
-        ws = self.ws
-        if ws.stats is None or ws.stats[0] != ws.candidate_counts or ws.stats[1] != key:
-            ws.stats = (ws.candidate_counts or "", key, mask_stats(self._candidate, view, self.image_size).describe())
-        return ws.stats[2]
+        return self._seen(view).stats.describe()
+
+    def _seen(self, view: View) -> MaskInView:
+        """The candidate as seen from ``view``: its overlay and statistics are computed once per candidate and
+        view (an inspection right after a segment, or a submit, reuses them)."""
+        key = _view_key(view)
+        seen = self.ws.candidate_views.get(key)
+        if seen is None:
+            seen = MaskInView(self._candidate, view, self.image_size, self.render(view))  # type: ignore[arg-type]
+            self.ws.candidate_views[key] = seen
+        return seen
 
     async def segment(self, view: View, prompt: Prompt) -> np.ndarray:
         try:
@@ -326,7 +338,7 @@ class Agent:
         if rle is None:
             return None
         if ws.candidate_counts != rle["counts"]:
-            ws.candidate_counts, ws.candidate = rle["counts"], rle_decode(rle)
+            ws.set_candidate(rle["counts"], rle_decode(rle))
         return ws.candidate
 
     # -- running --------------------------------------------------------------------------------------
@@ -496,9 +508,13 @@ class Agent:
         return EpisodeResult(mask=mask, trajectory=trajectory, images=images)
 
 
+def _view_key(view: View) -> tuple[int, ...]:
+    return (*view.box.as_tuple(), view.width, view.height)
+
+
 def _render(ws: _Workspace, view: View) -> np.ndarray:
     """The view of the workspace's image at model size, rendered once per view (shared, never drawn on)."""
-    key = (*view.box.as_tuple(), view.width, view.height)
+    key = _view_key(view)
     picture = ws.renders.get(key)
     if picture is None:
         picture = ws.renders[key] = render_view(ws.image, view)
