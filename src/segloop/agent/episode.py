@@ -167,22 +167,23 @@ class _ToolEnv:
         self.ws.set_candidate(self.new_candidate["counts"], mask)
         self._candidate = mask
 
-    def render(self, view: View) -> np.ndarray:
-        return _render(self.ws, view)
+    async def render(self, view: View) -> np.ndarray:
+        return await _render(self.ws, view)
 
-    def overlay(self, view: View) -> np.ndarray:
-        return self._seen(view).picture
+    async def overlay(self, view: View) -> np.ndarray:
+        return (await self._seen(view)).picture
 
-    def describe(self, view: View) -> str:
-        return self._seen(view).stats.describe()
+    async def describe(self, view: View) -> str:
+        return (await self._seen(view)).stats.describe()
 
-    def _seen(self, view: View) -> MaskInView:
+    async def _seen(self, view: View) -> MaskInView:
         """The candidate as seen from ``view``: its overlay and statistics are computed once per candidate and
         view (an inspection right after a segment, or a submit, reuses them)."""
         key = _view_key(view)
         seen = self.ws.candidate_views.get(key)
         if seen is None:
-            seen = MaskInView(self._candidate, view, self.image_size, self.render(view))  # type: ignore[arg-type]
+            base = await self.render(view)
+            seen = MaskInView(self._candidate, view, self.image_size, base)  # type: ignore[arg-type]
             self.ws.candidate_views[key] = seen
         return seen
 
@@ -285,7 +286,7 @@ class Agent:
             update.update(done=True, submitted=False, budget_spent=True)
             done = True
         if picture is None and not done:
-            picture = _render(ws, stack.current)  # an error, or a tool without a picture, still shows the view
+            picture = await _render(ws, stack.current)  # an error, or a tool without a picture, still shows the view
         observation = prompts.observation_text(result, stack.current, state["max_turns"] - turn)
         image_id = None
         image_views = dict(state["image_views"])
@@ -421,13 +422,13 @@ class Agent:
             if list(previous["image_size"]) != [width, height]:
                 raise ValueError(f"thread {thread_id!r} is about a {previous['image_size'][0]}x"
                                  f"{previous['image_size'][1]} image, not {width}x{height}; start a new thread")
-            self._keep_workspace(thread_id, image, previous)
+            await self._keep_workspace(thread_id, image, previous)
             # A follow-up is a new request on the same image: the agent looks again from the whole image,
             # with no candidate. The conversation so far stays in the transcript (it may inform a model),
             # but the new request decides the target.
             view = self._view(previous["views"][0])
             picture_id = f"{episode_id}/request"
-            self._workspaces[thread_id].images[picture_id] = _render(self._workspaces[thread_id], view)
+            self._workspaces[thread_id].images[picture_id] = await _render(self._workspaces[thread_id], view)
             message = {"role": "user", "content": prompts.follow_up_text(query, view), "image_id": picture_id}
             return EpisodeState(
                 **{**previous, "episode_id": episode_id, "query": query, "turn": 0, "max_turns": self.config.max_turns,
@@ -440,8 +441,8 @@ class Agent:
         stack = ViewStack(width, height, self.policy.max_side, self.policy.frame, self._limits, self._upscale)
         view = stack.current
         picture_id = f"{episode_id}/request"
-        self._keep_workspace(thread_id, image, None)
-        self._workspaces[thread_id].images[picture_id] = _render(self._workspaces[thread_id], view)
+        await self._keep_workspace(thread_id, image, None)
+        self._workspaces[thread_id].images[picture_id] = await _render(self._workspaces[thread_id], view)
         return EpisodeState(
             episode_id=episode_id, thread_id=thread_id, query=query, image_size=[width, height],
             views=[list(view.box.as_tuple())], candidate=None,
@@ -455,7 +456,7 @@ class Agent:
             failure=None, tool_counts={}, invalid_actions=0, greedy=greedy, refused=refused,
         )
 
-    def _keep_workspace(self, thread_id: str, image: np.ndarray, previous: dict[str, Any] | None) -> None:
+    async def _keep_workspace(self, thread_id: str, image: np.ndarray, previous: dict[str, Any] | None) -> None:
         """The thread's workspace; one lost (another process, evicted) is rebuilt: pictures shown earlier
         are re-rendered from their view boxes (without overlays)."""
         ws = self._workspaces.get(thread_id)
@@ -463,7 +464,7 @@ class Agent:
             ws = _Workspace(image=image, image_key=f"{thread_id}:{next(_IMAGE_KEYS)}")
             if previous:
                 for image_id, box in previous["image_views"].items():
-                    ws.images[image_id] = _render(ws, self._view(box))
+                    ws.images[image_id] = await _render(ws, self._view(box))
         ws.last_turn = None  # a new request: its first turn has no previous one
         ws.events.clear()
         self._workspaces[thread_id] = ws
@@ -512,12 +513,13 @@ def _view_key(view: View) -> tuple[int, ...]:
     return (*view.box.as_tuple(), view.width, view.height)
 
 
-def _render(ws: _Workspace, view: View) -> np.ndarray:
-    """The view of the workspace's image at model size, rendered once per view (shared, never drawn on)."""
+async def _render(ws: _Workspace, view: View) -> np.ndarray:
+    """The view of the workspace's image at model size, rendered once per view (shared, never drawn on), off the
+    event loop: a resize of up to the whole image (OpenCV releases the GIL while the other episodes go on)."""
     key = _view_key(view)
     picture = ws.renders.get(key)
     if picture is None:
-        picture = ws.renders[key] = render_view(ws.image, view)
+        picture = ws.renders[key] = await asyncio.to_thread(render_view, ws.image, view)
     return picture
 
 
