@@ -52,12 +52,11 @@ def draw_mask(picture: np.ndarray, small: np.ndarray, view: View) -> np.ndarray:
     # masked pixel, 5-20x faster on a 1024-pixel view (and cv2.copyTo 3x faster than np.copyto's where=).
     x1, y1, x2, y2 = bounds
     region = canvas[y1:y2, x1:x2]
-    cv2.copyTo(cv2.LUT(region, _TINT), small[y1:y2, x1:x2].view(np.uint8), region)
-    # Contours traced in the mask's box with a margin of one background pixel (the contours of the whole
-    # mask, at a fraction of the cost on a small mask).
-    cx1, cy1 = max(x1 - 1, 0), max(y1 - 1, 0)
-    crop = small[cy1 : y2 + 1, cx1 : x2 + 1].astype(np.uint8)
-    contours, _ = cv2.findContours(crop, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE, offset=(cx1, cy1))
+    inside = small[y1:y2, x1:x2].view(np.uint8)
+    cv2.copyTo(cv2.LUT(region, _TINT), inside, region)
+    # Contours traced in the mask's box: the contours of the whole mask (findContours pads its input with
+    # background), at a fraction of the cost for a small mask.
+    contours, _ = cv2.findContours(inside, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE, offset=(x1, y1))
     cv2.drawContours(canvas, contours, -1, CONTOUR_RGB, thickness=max(1, round(view.width / 400)))
     return canvas
 
