@@ -134,4 +134,5 @@ def unknown_words_note(policy_name: str, words: list[str]) -> str:
     """One line saying that the policy cannot read ``words`` of a request, and what to use instead."""
     listed = ", ".join(repr(w) for w in words)
     return (f"the {policy_name} policy does not know the word{'s' if len(words) != 1 else ''} {listed} (it knows "
-            f"only the words it was trained on); for open vocabulary use a vision-language model backend: {VLM_COMMAND}")
+            "only the words it was trained on); for open vocabulary use a vision-language model backend: "
+            f"{VLM_COMMAND}")
