@@ -141,6 +141,7 @@ class _Workspace:
     events: deque[TurnEvent] = field(default_factory=deque)
 
     def set_candidate(self, counts: str, mask: np.ndarray) -> None:
+        """A new candidate (``counts``: its RLE's): what was seen of the previous one is dropped."""
         self.candidate_counts, self.candidate = counts, mask
         self.candidate_views.clear()
 

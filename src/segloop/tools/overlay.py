@@ -88,8 +88,6 @@ def render_overlay(image: np.ndarray, view: View, mask: np.ndarray | None,
     (``render_view(image, view)``, left unchanged), which saves rendering it again."""
     image = as_rgb(image)
     height, width = image.shape[:2]
-    if len(points) != len(labels):
-        raise ValueError(f"{len(points)} points but {len(labels)} labels")
     if base is not None and np.shape(base) != (view.height, view.width, 3):
         raise ValueError(f"base is {np.shape(base)}, the view renders as {(view.height, view.width, 3)}")
     picture = render_view(image, view) if base is None else base
@@ -180,8 +178,7 @@ def mask_stats(mask: np.ndarray, view: View, image_size: tuple[int, int], *,
         bounds = box_of(small)
         if bounds is not None:
             sx1, sy1, sx2, sy2 = bounds
-            parts = small[sy1:sy2, sx1:sx2].astype(np.uint8)
-            components = cv2.connectedComponents(parts, connectivity=8)[0] - 1
+            components = cv2.connectedComponents(small[sy1:sy2, sx1:sx2].view(np.uint8), connectivity=8)[0] - 1
         touches = bool(crop[0].any() or crop[-1].any() or crop[:, 0].any() or crop[:, -1].any())
     return MaskStats(
         view_share=in_view / (b.width * b.height),
