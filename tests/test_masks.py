@@ -113,6 +113,25 @@ def test_rle_round_trip_through_json() -> None:
     assert np.array_equal(rle_decode(rle), mask)
 
 
+def test_rle_is_cocos_own_encoding_for_masks_of_every_layout() -> None:
+    from pycocotools import mask as coco_mask
+
+    rng = np.random.default_rng(1)
+    masks = [np.zeros((5, 7), bool), np.ones((5, 7), bool), _rect((5, 7), 6, 4, 7, 5), _rect((5, 7), 0, 0, 1, 1),
+             _rect((5, 7), 6, 0, 7, 5), _rect((6, 9), 2, 0, 5, 6), np.zeros((0, 3), bool)]
+    for _ in range(200):
+        height, width = (int(v) for v in rng.integers(1, 40, 2))
+        if rng.random() < 0.5:
+            masks.append(rng.random((height, width)) < rng.random())
+        else:
+            x1, y1 = int(rng.integers(0, width)), int(rng.integers(0, height))
+            masks.append(_rect((height, width), x1, y1, int(rng.integers(x1, width + 1)),
+                               int(rng.integers(y1, height + 1))))
+    for mask in masks:
+        expected = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
+        assert rle_encode(mask) == {"size": list(mask.shape), "counts": expected["counts"].decode()}, mask.shape
+
+
 def test_rle_uncompressed_counts() -> None:
     # Column-major runs, starting with background: 2 off, 3 on, 1 off in a 3x2 mask.
     mask = rle_decode({"size": [3, 2], "counts": [2, 3, 1]})

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
-from segloop.tools.overlay import BOX_RGB, NEGATIVE_RGB, POSITIVE_RGB, mask_stats, render_overlay
+from segloop.tools.overlay import (
+    _TINT,
+    BOX_RGB,
+    CONTOUR_RGB,
+    NEGATIVE_RGB,
+    POSITIVE_RGB,
+    MaskInView,
+    draw_mask,
+    mask_stats,
+    render_overlay,
+)
 from segloop.tools.views import PixelBox, View, full_view, render_view
 
 
@@ -111,6 +122,41 @@ def test_tint_matches_the_alpha_blend_and_a_given_base_is_reused_untouched() -> 
     assert np.array_equal(out[~near], image[~near])  # away from the mask and its contour: untouched
     with pytest.raises(ValueError, match="base"):
         render_overlay(image, view, mask, base=base[:10])
+
+
+def test_contours_traced_in_the_masks_box_are_those_of_the_whole_mask() -> None:
+    """``draw_mask`` traces contours and tints only inside the mask's box: the picture is the one drawn from the
+    whole view-size mask, for masks on the view's edges and corners, with holes, in several parts, of one pixel."""
+    rng = np.random.default_rng(5)
+    picture = rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    view = View(PixelBox(0, 0, 160, 120), 160, 120)
+    masks = []
+    for corner in ((0, 0), (0, 150), (110, 0), (110, 150)):
+        mask = np.zeros((120, 160), bool)
+        mask[corner[0] : corner[0] + 10, corner[1] : corner[1] + 10] = True
+        masks.append(mask)
+    ring = np.zeros((120, 160), np.uint8)
+    cv2.circle(ring, (60, 50), 30, 1, 6)
+    masks += [ring.astype(bool), np.ones((120, 160), bool), rng.random((120, 160)) < 0.02]
+    masks.append(np.zeros((120, 160), bool))
+    masks[-1][60, 80] = True
+    for mask in masks:
+        expected = picture.copy()
+        expected[mask] = cv2.LUT(picture, _TINT)[mask]
+        contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(expected, contours, -1, CONTOUR_RGB, thickness=1)
+        assert np.array_equal(draw_mask(picture, mask, view), expected)
+
+
+def test_a_mask_in_a_view_is_drawn_and_described_once() -> None:
+    image, mask = _scene()
+    view = View(PixelBox(100, 50, 300, 250), 224, 224)
+    base = render_view(image, view)
+    seen = MaskInView(mask, view, (400, 300), base)
+    assert seen.picture is seen.picture  # made once, shared
+    assert np.array_equal(seen.picture, render_overlay(image, view, mask))
+    assert seen.stats == mask_stats(mask, view, (400, 300))
+    assert np.array_equal(base, render_view(image, view))  # the view rendered is left as it was
 
 
 def test_result_picture_keeps_a_one_pixel_mask_visible_and_outlines_the_truth() -> None:

@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Literal, NamedTuple, Protocol
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from segloop.tools.overlay import render_overlay
+from segloop.tools.overlay import draw_prompt
 from segloop.tools.segmenters import Prompt
 from segloop.tools.views import View, ViewStack, check_point
 
@@ -43,11 +43,15 @@ class ToolEnv(Protocol):
     submitted: bool
     no_target: bool
 
-    def render(self, view: View) -> np.ndarray:
-        """The view at the size the policy is shown it."""
+    async def render(self, view: View) -> np.ndarray:
+        """The view at the size the policy is shown it (shared: draw on a copy)."""
         ...
 
-    def describe(self, view: View) -> str:
+    async def overlay(self, view: View) -> np.ndarray:
+        """The candidate drawn over the view (``tools.overlay.draw_mask``; shared: draw on a copy)."""
+        ...
+
+    async def describe(self, view: View) -> str:
         """The candidate's statistics in ``view``, in words for the model."""
         ...
 
@@ -92,7 +96,7 @@ class ZoomIn(Action):
 
     async def run(self, env: ToolEnv) -> Observation:
         view = env.views.zoom_in(self.bbox_2d)
-        return Observation(f"Zoomed in on original region {list(view.box.as_tuple())}.", env.render(view))
+        return Observation(f"Zoomed in on original region {list(view.box.as_tuple())}.", await env.render(view))
 
 
 class ZoomOut(Action):
@@ -101,7 +105,7 @@ class ZoomOut(Action):
     name: Literal["zoom_out"] = "zoom_out"
 
     async def run(self, env: ToolEnv) -> Observation:
-        return Observation("Zoomed out.", env.render(env.views.zoom_out()))
+        return Observation("Zoomed out.", await env.render(env.views.zoom_out()))
 
 
 class Segment(Action):
@@ -159,8 +163,9 @@ class Segment(Action):
         hint = env.candidate if points else None
         mask = await env.segment(view, Prompt(box=box, points=points, point_labels=labels, mask=hint))
         env.candidate = mask
-        overlay = render_overlay(env.image, view, mask, box=box, points=points, labels=labels, base=env.render(view))
-        return Observation(f"Segmented: {env.describe(view)}.", overlay)
+        overlay = (await env.overlay(view)).copy()  # the inspection of this candidate shows it without the prompt
+        draw_prompt(overlay, view, box, points, labels)
+        return Observation(f"Segmented: {await env.describe(view)}.", overlay)
 
 
 class InspectMask(Action):
@@ -173,8 +178,7 @@ class InspectMask(Action):
         if env.candidate is None:
             raise ValueError("there is no candidate mask yet; call segment first")
         view = env.views.current
-        overlay = render_overlay(env.image, view, env.candidate, base=env.render(view))
-        return Observation(f"Candidate: {env.describe(view)}.", overlay)
+        return Observation(f"Candidate: {await env.describe(view)}.", await env.overlay(view))
 
 
 class Submit(Action):
@@ -194,7 +198,7 @@ class Submit(Action):
             return Observation("Submitted: no such object (empty mask).")
         if env.candidate is None:
             return Observation("Submitted an empty mask (there was no candidate).")
-        return Observation(f"Submitted the candidate: {env.describe(env.views.current)}.")
+        return Observation(f"Submitted the candidate: {await env.describe(env.views.current)}.")
 
 
 # The table: the tools a policy is offered, in the order the system prompt lists them.

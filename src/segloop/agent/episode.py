@@ -30,7 +30,7 @@ from segloop.agent.policy import ChatMessage, Policy, PolicyContext, PolicyUnava
 from segloop.agent.records import EpisodeResult, Failure, Trajectory, TurnRecord
 from segloop.tools.images import ImageError, as_rgb
 from segloop.tools.masks import rle_decode, rle_encode
-from segloop.tools.overlay import mask_stats
+from segloop.tools.overlay import MaskInView
 from segloop.tools.segmenters import Prompt, Segmenter, SegmenterError
 from segloop.tools.views import (
     SIDE_MULTIPLE,
@@ -131,14 +131,19 @@ class _Workspace:
     # Views rendered so far, by box and size: the overlays of later turns in the same view start from these.
     renders: dict[tuple[int, ...], np.ndarray] = field(default_factory=dict)
     candidate_counts: str | None = None
-    # The last statistics line, by candidate and view: a submit right after segment or inspect reuses it.
-    stats: tuple[str, tuple[int, ...], str] | None = None
     candidate: np.ndarray | None = None
+    # The candidate as seen from each view so far (its overlay and statistics), until the candidate changes.
+    candidate_views: dict[tuple[int, ...], MaskInView] = field(default_factory=dict)
     ground_truth: np.ndarray | None = None
     ignore: np.ndarray | None = None
     # The request's previous turn as parsed by the tools node (each turn's text is parsed once), for the policy.
     last_turn: ParsedTurn | None = None
     events: deque[TurnEvent] = field(default_factory=deque)
+
+    def set_candidate(self, counts: str, mask: np.ndarray) -> None:
+        """A new candidate (``counts``: its RLE's): what was seen of the previous one is dropped."""
+        self.candidate_counts, self.candidate = counts, mask
+        self.candidate_views.clear()
 
 
 class _ToolEnv:
@@ -160,19 +165,28 @@ class _ToolEnv:
     @candidate.setter
     def candidate(self, mask: np.ndarray) -> None:
         self.new_candidate = rle_encode(mask)
-        self.ws.candidate_counts, self.ws.candidate = self.new_candidate["counts"], mask
+        self.ws.set_candidate(self.new_candidate["counts"], mask)
         self._candidate = mask
 
-    def render(self, view: View) -> np.ndarray:
-        return _render(self.ws, view)
+    async def render(self, view: View) -> np.ndarray:
+        return await _render(self.ws, view)
 
-    def describe(self, view: View) -> str:
-        """``mask_stats(...).describe()`` of the candidate, computed once per candidate and view."""
-        key = (*view.box.as_tuple(), view.width, view.height)
-        ws = self.ws
-        if ws.stats is None or ws.stats[0] != ws.candidate_counts or ws.stats[1] != key:
-            ws.stats = (ws.candidate_counts or "", key, mask_stats(self._candidate, view, self.image_size).describe())
-        return ws.stats[2]
+    async def overlay(self, view: View) -> np.ndarray:
+        return (await self._seen(view)).picture
+
+    async def describe(self, view: View) -> str:
+        return (await self._seen(view)).stats.describe()
+
+    async def _seen(self, view: View) -> MaskInView:
+        """The candidate as seen from ``view``: its overlay and statistics are computed once per candidate and
+        view (an inspection right after a segment, or a submit, reuses them)."""
+        key = _view_key(view)
+        seen = self.ws.candidate_views.get(key)
+        if seen is None:
+            base = await self.render(view)
+            seen = MaskInView(self._candidate, view, self.image_size, base)  # type: ignore[arg-type]
+            self.ws.candidate_views[key] = seen
+        return seen
 
     async def segment(self, view: View, prompt: Prompt) -> np.ndarray:
         try:
@@ -275,7 +289,7 @@ class Agent:
             update.update(done=True, submitted=False, budget_spent=True)
             done = True
         if picture is None and not done:
-            picture = _render(ws, stack.current)  # an error, or a tool without a picture, still shows the view
+            picture = await _render(ws, stack.current)  # an error, or a tool without a picture, still shows the view
         observation = prompts.observation_text(result, stack.current, state["max_turns"] - turn)
         image_id = None
         image_views = dict(state["image_views"])
@@ -328,7 +342,7 @@ class Agent:
         if rle is None:
             return None
         if ws.candidate_counts != rle["counts"]:
-            ws.candidate_counts, ws.candidate = rle["counts"], rle_decode(rle)
+            ws.set_candidate(rle["counts"], rle_decode(rle))
         return ws.candidate
 
     # -- running --------------------------------------------------------------------------------------
@@ -411,13 +425,13 @@ class Agent:
             if list(previous["image_size"]) != [width, height]:
                 raise ValueError(f"thread {thread_id!r} is about a {previous['image_size'][0]}x"
                                  f"{previous['image_size'][1]} image, not {width}x{height}; start a new thread")
-            self._keep_workspace(thread_id, image, previous)
+            await self._keep_workspace(thread_id, image, previous)
             # A follow-up is a new request on the same image: the agent looks again from the whole image,
             # with no candidate. The conversation so far stays in the transcript (it may inform a model),
             # but the new request decides the target.
             view = self._view(previous["views"][0])
             picture_id = f"{episode_id}/request"
-            self._workspaces[thread_id].images[picture_id] = _render(self._workspaces[thread_id], view)
+            self._workspaces[thread_id].images[picture_id] = await _render(self._workspaces[thread_id], view)
             message = {"role": "user", "content": prompts.follow_up_text(query, view), "image_id": picture_id}
             return EpisodeState(
                 **{**previous, "episode_id": episode_id, "query": query, "turn": 0, "max_turns": self.config.max_turns,
@@ -430,8 +444,8 @@ class Agent:
         stack = ViewStack(width, height, self.policy.max_side, self.policy.frame, self._limits, self._upscale)
         view = stack.current
         picture_id = f"{episode_id}/request"
-        self._keep_workspace(thread_id, image, None)
-        self._workspaces[thread_id].images[picture_id] = _render(self._workspaces[thread_id], view)
+        await self._keep_workspace(thread_id, image, None)
+        self._workspaces[thread_id].images[picture_id] = await _render(self._workspaces[thread_id], view)
         return EpisodeState(
             episode_id=episode_id, thread_id=thread_id, query=query, image_size=[width, height],
             views=[list(view.box.as_tuple())], candidate=None,
@@ -445,7 +459,7 @@ class Agent:
             failure=None, tool_counts={}, invalid_actions=0, greedy=greedy, refused=refused,
         )
 
-    def _keep_workspace(self, thread_id: str, image: np.ndarray, previous: dict[str, Any] | None) -> None:
+    async def _keep_workspace(self, thread_id: str, image: np.ndarray, previous: dict[str, Any] | None) -> None:
         """The thread's workspace; one lost (another process, evicted) is rebuilt: pictures shown earlier
         are re-rendered from their view boxes (without overlays)."""
         ws = self._workspaces.get(thread_id)
@@ -453,7 +467,7 @@ class Agent:
             ws = _Workspace(image=image, image_key=f"{thread_id}:{next(_IMAGE_KEYS)}")
             if previous:
                 for image_id, box in previous["image_views"].items():
-                    ws.images[image_id] = _render(ws, self._view(box))
+                    ws.images[image_id] = await _render(ws, self._view(box))
         ws.last_turn = None  # a new request: its first turn has no previous one
         ws.events.clear()
         self._workspaces[thread_id] = ws
@@ -498,12 +512,17 @@ class Agent:
         return EpisodeResult(mask=mask, trajectory=trajectory, images=images)
 
 
-def _render(ws: _Workspace, view: View) -> np.ndarray:
-    """The view of the workspace's image at model size, rendered once per view (shared, never drawn on)."""
-    key = (*view.box.as_tuple(), view.width, view.height)
+def _view_key(view: View) -> tuple[int, ...]:
+    return (*view.box.as_tuple(), view.width, view.height)
+
+
+async def _render(ws: _Workspace, view: View) -> np.ndarray:
+    """The view of the workspace's image at model size, rendered once per view (shared, never drawn on), off the
+    event loop: a resize of up to the whole image (OpenCV releases the GIL while the other episodes go on)."""
+    key = _view_key(view)
     picture = ws.renders.get(key)
     if picture is None:
-        picture = ws.renders[key] = render_view(ws.image, view)
+        picture = ws.renders[key] = await asyncio.to_thread(render_view, ws.image, view)
     return picture
 
 

@@ -72,13 +72,28 @@ def box_of(mask: np.ndarray) -> tuple[int, int, int, int] | None:
 
 
 def rle_encode(mask: np.ndarray) -> dict:
-    """COCO RLE of a bool mask, with ``counts`` as a str so it serialises to JSON."""
-    # COCO RLE is column-major; cv2.transpose makes the Fortran-ordered copy several times faster than
-    # np.asfortranarray on large masks (a per-turn cost of the agent on multi-megapixel images).
-    pixels = np.ascontiguousarray(np.asarray(mask, dtype=bool)).view(np.uint8)
-    rle = coco_mask.encode(np.asfortranarray(cv2.transpose(pixels).T) if pixels.ndim == 2 and pixels.size
-                           else np.asfortranarray(pixels))
-    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
+    """COCO RLE of a bool (H, W) mask, with ``counts`` as a str so it serialises to JSON."""
+    mask = np.asarray(mask, dtype=bool)
+    if mask.ndim != 2:
+        raise ValueError(f"an RLE encodes one (H, W) mask, got shape {mask.shape}")
+    height, width = mask.shape
+    # COCO RLE runs down the columns. Only the band of columns the mask touches is read in that order (a
+    # candidate is usually a small part of a multi-megapixel image): the runs are where the band's
+    # column-major pixels change, offset by the empty columns before it.
+    columns = np.flatnonzero(mask.any(axis=0))
+    if columns.size == 0:
+        counts = np.array([height * width])
+    else:
+        first, last = int(columns[0]), int(columns[-1]) + 1
+        # The band in column-major order between two background pixels, so every run has both its ends.
+        padded = np.zeros(height * (last - first) + 2, np.uint8)
+        padded[1:-1] = cv2.transpose(np.ascontiguousarray(mask[:, first:last]).view(np.uint8)).ravel()
+        changes = np.flatnonzero(padded[1:] != padded[:-1]) + first * height
+        counts = np.diff(changes, prepend=0, append=height * width)
+        if counts[-1] == 0:  # the last pixel is foreground: no closing run of background
+            counts = counts[:-1]
+    rle = coco_mask.frPyObjects({"size": [height, width], "counts": counts.astype(np.uint32)}, height, width)
+    return {"size": [height, width], "counts": rle["counts"].decode("ascii")}
 
 
 def rle_decode(rle: dict | str) -> np.ndarray:

@@ -280,5 +280,6 @@ def render_view(image: np.ndarray, view: View) -> np.ndarray:
 def resize_mask_to_view(mask: np.ndarray, view: View) -> np.ndarray:
     """A full-image bool mask cut to the view and resized (nearest) to the model frame."""
     b = view.box
-    crop = np.ascontiguousarray(mask[b.y1 : b.y2, b.x1 : b.x2], dtype=np.uint8)
-    return cv2.resize(crop, (view.width, view.height), interpolation=cv2.INTER_NEAREST).astype(bool)
+    # Bool pixels resized as the bytes they are (nearest-neighbour keeps them 0 or 1): no conversions.
+    crop = np.ascontiguousarray(np.asarray(mask[b.y1 : b.y2, b.x1 : b.x2], dtype=bool)).view(np.uint8)
+    return cv2.resize(crop, (view.width, view.height), interpolation=cv2.INTER_NEAREST).view(bool)
