@@ -368,13 +368,9 @@ def summarise(records: list[dict[str, Any]], ran: int = 0, seconds: float = 0.0,
     """Metrics over episode records (one per sample): gIoU/cIoU overall, by kind and size class, per sample,
     with every failed episode counted as IoU 0; how many answers were masks, EMPTY masks (no "no_target"),
     "no such object" and refusals (unknown words: no mask, IoU 0 unless there is no target); how many episodes
-<<<<<<< HEAD
     failed and why; what the answered episodes did (``evaluation.stats``); the server totals over ``history``
     (every record written, earlier attempts of episodes run again included; default ``records``); throughput of
     this run."""
-=======
-    failed and why; what the answered episodes did (``agent.stats``); throughput of this run."""
->>>>>>> issue20
     metrics = Metrics()
     for r in records:
         metrics.add(SampleScore(id=r["sample_id"], iou=r["iou"], intersection=r["intersection"], union=r["union"],

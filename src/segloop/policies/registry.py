@@ -136,10 +136,5 @@ def unknown_words_note(policy_name: str, words: list[str], command: str = 'run I
     arguments) with the server policy's flags."""
     listed = ", ".join(repr(w) for w in words)
     return (f"the {policy_name} policy does not know the word{'s' if len(words) != 1 else ''} {listed} (it knows "
-<<<<<<< HEAD
             f"only the words it was trained on); for open vocabulary use a vision-language model: segloop {command} "
             f"--policy openai --model {VLM} --base-url {VLM_URL} (with `vllm serve {VLM}` running there)")
-=======
-            "only the words it was trained on); for open vocabulary use a vision-language model backend: "
-            f"{VLM_COMMAND}")
->>>>>>> issue20
