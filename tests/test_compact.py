@@ -219,6 +219,28 @@ def test_the_expert_boxes_a_hollow_target_with_a_background_point_inside_it_and_
     assert parse_turn(asyncio.run(expert.act(context)).text).action.name == "zoom_out"
 
 
+def test_holes_are_what_a_mask_encloses() -> None:
+    from segloop.policies.compact.expert import holes
+
+    ring = np.zeros((10, 12), dtype=bool)
+    ring[2:8, 3:9] = True
+    ring[4:6, 5:7] = False
+    assert holes(ring).sum() == 4 and not (holes(ring) & ring).any()
+    solid = np.zeros((10, 12), dtype=bool)
+    solid[0:5, 0:5] = True  # touching the border encloses nothing
+    assert not holes(solid).any()
+
+
+def test_the_expert_boxes_a_solid_target_without_a_point() -> None:
+    for index in range(40):
+        scene = generate_scene(scene_seed(8, index), 768, "easy", 0.0)
+        if scene.meta["target"]["fill"] == "solid":
+            break
+    result = _run_expert(CompactExpert(max_side=224), scene)
+    segment = next(parse_turn(t.raw_text).action for t in result.trajectory.turns if '"segment"' in t.raw_text)
+    assert isinstance(segment, Segment) and segment.points_2d is None
+
+
 def _run_expert(expert: CompactExpert, scene: Any) -> Any:
     from segloop.tools.segmenters.grabcut import GrabCutSegmenter
 

@@ -44,6 +44,9 @@ SCALAR_FEATURES = (*(f"kind_{k}" for k in KINDS), "log_referent_sum", "log_none_
 CELL = {name: i for i, name in enumerate(CELL_FEATURES)}
 SCALAR = {name: i for i, name in enumerate(SCALAR_FEATURES)}
 LOG_FLOOR = -14.0  # log of "nothing here" (~1e-6)
+# The networks read log-probabilities divided by this (about [-3.5, 0], the range of the other features), so
+# no input dominates the first steps of learning by its scale alone.
+LOG_SCALE = 4.0
 # Logit given to an illegal choice: exp() is exactly 0 in float32, yet entropies stay finite (0 * -1e4).
 ILLEGAL = -1e4
 
@@ -83,6 +86,8 @@ class DecisionNet(nn.Module):
     def __init__(self, size_bins: int, hidden: int = 32) -> None:
         super().__init__()
         n_cell, n_scalar = len(CELL_FEATURES), len(SCALAR_FEATURES)
+        self.register_buffer("cell_scale", _scale(CELL_FEATURES), persistent=False)
+        self.register_buffer("scalar_scale", _scale(SCALAR_FEATURES), persistent=False)
         self.tool_linear = nn.Linear(n_scalar, len(TOOLS))
         self.tool = nn.Sequential(nn.Linear(n_scalar, hidden), nn.Tanh(), nn.Linear(hidden, len(TOOLS)))
         self.centre = nn.Linear(n_cell, 1)
@@ -92,7 +97,7 @@ class DecisionNet(nn.Module):
         with torch.no_grad():
             self.centre.weight.zero_()
             self.centre.bias.zero_()
-            self.centre.weight[0, CELL["log_referent"]] = 1.0
+            self.centre.weight[0, CELL["log_referent"]] = LOG_SCALE  # logits start as the log referent score
             for layer in (self.tool_linear, self.tool[2]):
                 nn.init.zeros_(layer.weight)
                 nn.init.zeros_(layer.bias)
@@ -105,9 +110,9 @@ class DecisionNet(nn.Module):
         """Logits (N, choices) of each part in ``PARTS`` order. The parts that depend on earlier ones (the
         centre's mask on the tool, sizes and point on the centre) read them from ``chosen`` (N, len(PARTS))
         (-1 entries are unused parts; their logits are computed for cell 0 and ignored)."""
-        cells = batch["cells"].transpose(1, 2)  # (N, G*G, F)
+        cells = batch["cells"].transpose(1, 2) * self.cell_scale  # (N, G*G, F)
         n, area = cells.shape[:2]
-        scalars = batch["scalars"]
+        scalars = batch["scalars"] * self.scalar_scale
         tool = (self.tool_linear(scalars) + self.tool(scalars)).masked_fill(~batch["legal_tools"], ILLEGAL)
         legal = torch.where((chosen[:, PART["tool"]] == TOOL["zoom_in"])[:, None], batch["zoom_cells"],
                             batch["segment_cells"])
@@ -116,12 +121,16 @@ class DecisionNet(nn.Module):
         rows = torch.arange(n)
         width = batch["sizes"][rows, 0, :, cell] + self.size_offset[0]
         height = batch["sizes"][rows, 1, :, cell] + self.size_offset[1]
-        point = self.point(torch.cat([cells[rows, cell], batch["scalars"]], 1))
+        point = self.point(torch.cat([cells[rows, cell], scalars], 1))
         grid = round(area**0.5)
         ys, xs = torch.arange(area) // grid, torch.arange(area) % grid
         distance = ((xs[None] - (cell % grid)[:, None]) ** 2 + (ys[None] - (cell // grid)[:, None]) ** 2).float()
         point_cell = self.point_cell(torch.cat([cells, (distance / grid)[..., None]], 2))[..., 0]
         return [tool, centre, width, height, point, point_cell]
+
+
+def _scale(names: tuple[str, ...]) -> torch.Tensor:
+    return torch.tensor([1 / LOG_SCALE if name.startswith("log_") else 1.0 for name in names])
 
 
 def part_log_probs(logits: list[torch.Tensor], chosen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -25,9 +25,9 @@ from segloop.tools.views import DEFAULT_MAX_SIDE, View
 
 def holes(mask: np.ndarray) -> np.ndarray:
     """The pixels a mask encloses without covering (the inside of a hollow shape)."""
-    outside = np.pad(~mask, 1).astype(np.uint8)
-    cv2.floodFill(outside, None, (0, 0), 2)
-    return (outside[1:-1, 1:-1] == 1)
+    # The parts of the complement that do not reach the (padded) border are enclosed.
+    _, parts = cv2.connectedComponents(np.pad(~mask, 1, constant_values=True).astype(np.uint8), connectivity=4)
+    return (parts != parts[0, 0])[1:-1, 1:-1] & ~mask
 
 
 class CompactExpert:
