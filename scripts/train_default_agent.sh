@@ -33,21 +33,21 @@ stage "1. perception caches"
 
 stage "2. dense pre-training of perception"
 [ -f "$OUT/pretrain/final/config.json" ] || $SEGLOOP train pretrain --cache "$OUT/cache/train" \
-    --eval-cache "$OUT/cache/probe" --out "$OUT/pretrain" --steps 3000 --batch 32 --lr 2e-3 --eval-every 1000 \
-    --eval-n 400 --seed "$SEED" --threads "$THREADS"
+    --eval-cache "$OUT/cache/probe" --out "$OUT/pretrain" --steps 3000 --batch 32 --lr 2e-3 --eval-every 500 \
+    --eval-n 300 --seed "$SEED" --threads "$THREADS"
 
 stage "3. SFT of the decisions (DAgger)"
 [ -f "$OUT/sft/final/config.json" ] || $SEGLOOP train sft --mode dagger --model "$OUT/pretrain/final" \
     --data "synth:${WORLD}:2:1000000:0.1" --expert compact-expert --eval-data "$PROBE" --eval-n 100 \
-    --out "$OUT/sft" --steps 200 --batch-size 16 --lr 3e-3 --warmup 20 --pool-size 192 --refresh-every 10 \
+    --out "$OUT/sft" --steps 300 --batch-size 16 --lr 1e-2 --warmup 20 --pool-size 192 --refresh-every 10 \
     --refresh-size 32 --follow-expert 0.3 --greedy-share 0.5 --eval-every 100 --seed "$SEED" --threads "$THREADS"
 
 stage "4. GRPO of the decisions"
 [ -f "$OUT/grpo/final/config.json" ] || $SEGLOOP train grpo --model "$OUT/sft/final" \
-    --data "synth:${WORLD}:3:1000000:0.1" --eval-data "$PROBE" --eval-n 100 --out "$OUT/grpo" --steps 120 \
-    --prompts-per-step 8 --group-size 8 --lr 1e-3 --adv-norm none --loss-agg episode --min-spread 0.05 \
-    --kl-coef 0.04 --reward-format-weight 0 --update-epochs 1 --eval-every 20 --save-every 20 --seed "$SEED" \
-    --threads "$THREADS"
+    --data "synth:${WORLD}:3:1000000:0.1" --eval-data "$PROBE" --eval-n 200 --out "$OUT/grpo" --steps 200 \
+    --prompts-per-step 16 --group-size 8 --lr 3e-3 --adv-norm none --loss-agg episode --min-spread 0.05 \
+    --kl-coef 0.02 --reward-format-weight 0 --update-epochs 2 --eval-every 25 --save-every 25 --final best \
+    --seed "$SEED" --threads "$THREADS"
 
 echo "training took $(( ($(date +%s) - START) / 60 )) min wall"
 if [ "$SHIP" = 1 ]; then
