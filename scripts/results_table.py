@@ -78,12 +78,14 @@ def query_swap(policy: Any, data: str, n: int, max_turns: int) -> dict[str, floa
     """The original and a swapped query on each of the first ``n`` scenes that have another describable
     object; the share of masks on their own query's object (IoU > 0.5) for each."""
     from segloop.agent.episode import EpisodeConfig
-    from segloop.data.specs import load_items
+    from segloop.data.specs import SynthSamples, load_samples
     from segloop.data.synth import another_referent, generate_scene, scene_seed
     from segloop.policies.assembly import AgentSpec, build_agent
     from segloop.tools.masks import iou
 
-    scenes = load_items(data)
+    scenes = load_samples(data)
+    if not isinstance(scenes, SynthSamples):
+        raise ValueError(f"the query swap needs synthetic scenes (synth:...), not {data}")
     cases = []
     for index in range(min(n, len(scenes))):
         scene = generate_scene(scene_seed(scenes.seed, index), scenes.size, scenes.difficulty, 0.0)
