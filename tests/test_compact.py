@@ -305,3 +305,40 @@ def test_an_expert_label_the_state_does_not_allow_is_no_decision() -> None:
     cell = int(decision.parts[PART["centre"]])
     assert int(decision.parts[PART["tool"]]) == TOOL["zoom_in"]
     assert cell == -1 or bool(decision.features.zoom_cells[cell])
+
+
+@pytest.mark.slow
+def test_the_shipped_checkpoint_is_small_and_finds_targets_on_held_out_scenes() -> None:
+    from segloop.data.specs import first_items
+    from segloop.evaluation.stats import search_stats
+    from segloop.policies.compact import DEFAULT_CHECKPOINT
+    from segloop.policies.registry import build_policy
+    from segloop.tools.masks import iou
+    from segloop.tools.segmenters import build_segmenter
+
+    assert sum(f.stat().st_size for f in DEFAULT_CHECKPOINT.iterdir()) < 5 * 2**20
+    policy = build_policy("compact")  # no model given: the shipped checkpoint
+    assert isinstance(policy, CompactPolicy)
+    agent = Agent(policy, build_segmenter("grabcut"), EpisodeConfig(max_turns=8))
+    # Held out: training used scene seeds 1, 2 and 3; its curves seed 1000; the README table seed 2000.
+    scenes = first_items("synth:easy:768:4000:24:0", 24)
+
+    async def run_all() -> list:
+        return await asyncio.gather(*[agent.run(s.image, s.sample.query, episode_id=s.sample.id, greedy=True)
+                                      for s in scenes])
+
+    results = asyncio.run(run_all())
+    scores = [iou(r.mask, s.mask) for r, s in zip(results, scenes, strict=True)]
+    assert all(r.trajectory.failure is None for r in results)
+    assert sum(r.trajectory.invalid_actions for r in results) == 0  # illegal tools get no probability
+    stats = search_stats([r.trajectory for r in results], [s.mask for s in scenes])
+    assert stats["first_zoom_hit"] > 0.6, stats  # its first view finds the target among the look-alikes
+    assert np.mean(scores) > 0.5, scores  # an untrained policy scores 0.000 (README table)
+
+
+@pytest.mark.slow
+def test_the_shipped_agent_solves_every_bundled_demo_sample() -> None:
+    from segloop.demos.bundled import CHOSEN, SOLVED_IOU, bundled_samples, shipped_agent_ious
+
+    assert len(bundled_samples()) == len(CHOSEN)
+    assert min(shipped_agent_ious(list(CHOSEN))) > SOLVED_IOU

@@ -25,7 +25,6 @@ import pytest
 from support.openai_server import OpenAIServer, scripted_turns
 
 from segloop.demos.bundled import bundled_samples
-from segloop.policies.compact import DEFAULT_CHECKPOINT, CompactPolicy
 from segloop.tools.masks import rle_decode
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -57,14 +56,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """``segloop demo`` in a subprocess: (its URL, the folder it saves episodes in)."""
-    arguments = []
-    if not (DEFAULT_CHECKPOINT / "config.json").exists():
-        # Before the compact policy's checkpoint is trained and shipped, an untrained one (same code path,
-        # from_pretrained on a directory) drives the page: these tests check the demo, not the policy.
-        model = tmp_path_factory.mktemp("compact")
-        CompactPolicy.create([query for _, query in bundled_samples()], seed=0).save_pretrained(model)
-        arguments += ["--model", str(model)]
-    with _serve_demo(tmp_path_factory, arguments) as (url, out, _log):
+    with _serve_demo(tmp_path_factory, []) as (url, out, _log):
         yield url, out
 
 

@@ -115,7 +115,7 @@ def build_app(backends: Backends, out_dir: Path, work_root: Path | None = None) 
             with gr.Column(scale=2, min_width=320):
                 image = gr.Image(label="Image", type="filepath", image_mode=None, sources=["upload", "clipboard"],
                                  elem_id="input-image", height=320)
-                query = gr.Textbox(label="Request", placeholder="e.g. the only small solid star", elem_id="query",
+                query = gr.Textbox(label="Request", placeholder="e.g. the only large orange diamond", elem_id="query",
                                    lines=1, max_lines=3)
                 with gr.Row():
                     send = gr.Button("Segment", variant="primary", elem_id="send")

@@ -27,7 +27,7 @@ SIDE, DIFFICULTY = 768, "easy"
 # Seeds picked by ``--pick 60`` after training: per query kind, the first scene the shipped agent solves.
 # So they illustrate what it does when it succeeds; they are not an evaluation (the README table is). The
 # first is the README's example and the screenshot's request.
-CHOSEN: tuple[int, ...] = (0, 2, 21, 34)
+CHOSEN: tuple[int, ...] = (1, 2, 3, 21)
 SOLVED_IOU = 0.5
 
 
