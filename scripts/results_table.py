@@ -208,8 +208,8 @@ def main() -> int:
         from segloop.rl.compact.probe import probe
 
         probed = probe(shipped, PerceptionCache(args.probe_cache), args.probe_n)
-        print(f"\nprobe ({args.probe_cache}, {args.probe_n} scenes): " + ", ".join(f"{k} {v:.2f}"
-                                                                                  for k, v in probed.items()))
+        print(f"\nprobe ({args.probe_cache}, {args.probe_n} scenes), rate (states): " + ", ".join(
+            f"{k} {v:.2f} ({probed[k + '_n']})" for k, v in probed.items() if not k.endswith("_n")))
         output["probe"] = probed
     from segloop.data.specs import first_items, load_items
 

@@ -9,6 +9,8 @@ Whole episodes mix every decision; these probes isolate the two the reward hangs
   (``false_no_target``);
 - the zoomed judge: after the first view, on the view the cache's zoom onto the target (it should segment)
   or onto a look-alike (it should zoom out), by kind of request (``judge_<target|lookalike>_<kind>``).
+
+Each figure's ``<name>_n`` says how many states it was measured on.
 """
 
 from __future__ import annotations
@@ -112,12 +114,12 @@ def probe(policy: CompactPolicy, cache: PerceptionCache, n: int) -> dict[str, fl
                     policy.end_episode(episode_id)
     finally:
         policy.greedy = greedy
-    result = {k: round(sum(v) / len(v), 4) for k, v in sorted(tallies.items())}
     for side in ("target", "lookalike"):
         values = [v for k, vs in tallies.items() if k.startswith(f"judge_{side}_") for v in vs]
         if values:
-            result[f"judge_{side}"] = round(sum(values) / len(values), 4)
-    return result
+            tallies[f"judge_{side}"] = values
+    return {k: round(sum(v) / len(v), 4) for k, v in sorted(tallies.items())} | {
+        f"{k}_n": len(v) for k, v in sorted(tallies.items())}
 
 
 def _top3_holds(policy: CompactPolicy, decision: Any, view: View, target: tuple[int, ...],
