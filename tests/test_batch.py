@@ -319,7 +319,7 @@ def test_sigkill_mid_run_then_resume_to_completion(tmp_path):
 def test_ctrl_c_says_what_is_saved_and_how_to_resume_and_a_second_writer_is_refused(tmp_path):
     """Items 5 and 4, with real processes: a second batch on the folder exits naming the first's pid; Ctrl-C
     prints how many episodes are saved and the exact command that resumes; that command finishes the run."""
-    n = 150  # enough that the first process is still running while the second one starts
+    n = 500  # enough that the first process is still running while the second one starts (a few seconds)
     manifest = write_dataset(tmp_path / "data", n, broken=False)
     out = tmp_path / "run"
     command = [sys.executable, "-m", "segloop", "batch", "--data", str(manifest), "--policy", "oracle",
