@@ -487,3 +487,12 @@ def test_stop_is_not_painted_as_an_alarm(tmp_path: Path) -> None:
     app = build_app(Backends(AgentSpec()), tmp_path / "out", tmp_path / "work")
     (stop,) = [block for block in app.blocks.values() if getattr(block, "elem_id", None) == "stop"]
     assert stop.variant == "secondary"
+
+
+def test_the_page_names_the_agent_the_demo_was_started_with() -> None:
+    from segloop.demos.app import command_line_label
+    from segloop.policies.assembly import AgentSpec
+
+    assert command_line_label(AgentSpec()) == "offline agent (bundled)"
+    served = command_line_label(AgentSpec(policy="openai", model="Qwen/Qwen2.5-VL-7B-Instruct"))
+    assert "bundled" not in served and "openai" in served and "Qwen2.5-VL-7B-Instruct" in served

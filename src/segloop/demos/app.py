@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from segloop.demos.backends import BackendChoice, Backends
 from segloop.demos.bundled import bundled_samples
 from segloop.tools.redaction import redact
+
+if TYPE_CHECKING:
+    from segloop.policies.assembly import AgentSpec
 
 TITLE = "segloop: segment what a sentence asks for, by acting"
 INTRO = (
@@ -25,8 +28,15 @@ INTRO = (
     "it was shown. Stop ends the episode within the current turn. A follow-up on the same image is a new request "
     "in the same conversation: the agent looks again from the whole image."
 )
-OFFLINE_LABEL = "offline agent (bundled)"
 OPENAI_LABEL = "OpenAI-compatible server"
+
+
+def command_line_label(spec: AgentSpec) -> str:
+    """The page's name for the agent the demo was started with: the bundled one, or what the flags chose."""
+    if spec.policy == "compact" and spec.model is None:
+        return "offline agent (bundled)"
+    return f"the command line's agent ({spec.policy}{': ' + spec.model if spec.model else ''})"
+
 CSS = """
 #final-overlay img { object-fit: contain; }
 #status { min-height: 2.5em; }
@@ -126,7 +136,8 @@ def build_app(backends: Backends, out_dir: Path, work_root: Path | None = None) 
                     gr.Examples(examples=[[str(path), text] for path, text in samples], inputs=[image, query],
                                 label="Samples (synthetic scenes)", elem_id="samples")
                 with gr.Accordion("Backend", open=False, elem_id="backend-box"):
-                    backend = gr.Radio([OFFLINE_LABEL, OPENAI_LABEL], value=OFFLINE_LABEL, label="Agent",
+                    first = command_line_label(backends.spec)
+                    backend = gr.Radio([first, OPENAI_LABEL], value=first, label="Agent",
                                        elem_id="backend")
                     with gr.Group(visible=False) as server_box:
                         server = redact(backends.server_url)
