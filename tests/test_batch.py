@@ -319,7 +319,7 @@ def test_sigkill_mid_run_then_resume_to_completion(tmp_path):
 def test_ctrl_c_says_what_is_saved_and_how_to_resume_and_a_second_writer_is_refused(tmp_path):
     """Items 5 and 4, with real processes: a second batch on the folder exits naming the first's pid; Ctrl-C
     prints how many episodes are saved and the exact command that resumes; that command finishes the run."""
-    n = 500  # enough that the first process is still running while the second one starts (a few seconds)
+    n = 150
     manifest = write_dataset(tmp_path / "data", n, broken=False)
     out = tmp_path / "run"
     command = [sys.executable, "-m", "segloop", "batch", "--data", str(manifest), "--policy", "oracle",
@@ -330,10 +330,14 @@ def test_ctrl_c_says_what_is_saved_and_how_to_resume_and_a_second_writer_is_refu
     deadline = time.time() + 120
     while time.time() < deadline and (not path.exists() or path.read_bytes().count(b"\n") < 5):
         time.sleep(0.05)
+    # Paused, the first writer holds the folder while the second starts (however fast its episodes are), and
+    # the Ctrl-C sent meanwhile is delivered the moment it goes on: mid-way, never after its last episode.
+    first.send_signal(signal.SIGSTOP)
     second = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    first.send_signal(signal.SIGINT)
+    first.send_signal(signal.SIGCONT)
     assert second.returncode == 2
     assert f"another segloop batch (pid {first.pid}) is writing to {out}" in second.stderr
-    first.send_signal(signal.SIGINT)
     _, err = first.communicate(timeout=60)
     assert first.returncode == 130, err
     saved = len(read_finished(path))
