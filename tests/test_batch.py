@@ -325,7 +325,10 @@ def test_ctrl_c_says_what_is_saved_and_how_to_resume_and_a_second_writer_is_refu
     command = [sys.executable, "-m", "segloop", "batch", "--data", str(manifest), "--policy", "oracle",
                "--out", str(out), "--quiet", "--max-side", "224", "--concurrency", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    first = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A job started in the background of a non-interactive shell (as CI may run the suite) inherits SIGINT
+    # ignored; the batch is started as a terminal would start it, Ctrl-C live.
+    first = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     path = out / "trajectories.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and (not path.exists() or path.read_bytes().count(b"\n") < 5):
