@@ -81,6 +81,16 @@ def test_a_resumed_run_keeps_its_log_and_its_earlier_evaluations(tmp_path: Path)
     assert TrainingRun("r", Config(), tmp_path, steps=4, seed=0).log.rows() == []  # a new run starts a new log
 
 
+def test_a_run_resumed_from_an_earlier_checkpoint_does_not_log_its_steps_twice(tmp_path: Path) -> None:
+    first = TrainingRun("r", Config(), tmp_path, steps=4, seed=0)
+    for step in range(4):  # checkpoint at step 1, then steps 2 and 3 logged before the crash
+        first.write({"step": step, "eval_giou": 0.5 if step in (0, 3) else None})
+    again = TrainingRun("r", Config(), tmp_path, steps=4, seed=0, first_step=1, resume=True)
+    assert again.evaluations == [(0, 0.5)]  # step 3's evaluation is of a policy the resumed run replaces
+    again.write({"step": 2, "eval_giou": None})
+    assert [r["step"] for r in again.log.rows()] == ["0", "1", "2"]
+
+
 def test_timing_counts_the_cpu_of_finished_workers(tmp_path: Path) -> None:
     run = TrainingRun("t", Config(), tmp_path, steps=1, seed=0)
     burn = "import time\nstart = time.process_time()\nwhile time.process_time() - start < 1.2: pass"

@@ -30,6 +30,17 @@ class CurveLog:
         with self.path.open("a", newline="") as f:
             csv.writer(f).writerow([_cell(row.get(c)) for c in self.columns])
 
+    def drop_after(self, step: int) -> None:
+        """Remove the rows logged after ``step`` (a run resumed from a checkpoint at ``step`` logs them again)."""
+        logged = self.rows()
+        rows = [r for r in logged if int(r["step"]) <= step]
+        if self.columns is None or len(rows) == len(logged):
+            return
+        with self.path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, self.columns)
+            writer.writeheader()
+            writer.writerows(rows)
+
     def rows(self) -> list[dict[str, str]]:
         if not self.path.is_file():
             return []

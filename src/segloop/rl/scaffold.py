@@ -87,7 +87,9 @@ class TrainingRun:
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / f"{name}_config.json").write_text(config.model_dump_json(indent=1))
         self.log = CurveLog(self.out / f"{name}_log.csv")
-        if not resume:
+        if resume:
+            self.log.drop_after(first_step)
+        else:
             self.log.path.unlink(missing_ok=True)
             self.log.columns = None
         self.first_step = first_step
