@@ -156,6 +156,8 @@ def test_sft_from_a_refreshed_pool_then_grpo_and_resume_through_the_cli(tmp_path
     evaluations = {int(r["step"]): float(r["eval_giou"]) for r in CurveLog(tmp_path / "grpo" / "grpo_log.csv").rows()
                    if r["eval_giou"]}
     assert chosen["which"] == "best" and evaluations[chosen["step"]] == max(evaluations.values())
+    result = json.loads((tmp_path / "grpo" / "grpo_summary.json").read_text())["result"]
+    assert result.startswith(f"held-out gIoU {max(evaluations.values()):.4f}; ")  # the final's, not the last step's
     assert cli_main([*grpo, "--steps", "3", "--resume"]) == 0
     rows = CurveLog(tmp_path / "grpo" / "grpo_log.csv").rows()
     assert [r["step"] for r in rows] == ["0", "1", "2", "3"]  # resumed at 3, nothing repeated

@@ -26,7 +26,6 @@ decisions/s, peak memory; held-out greedy evaluation every ``eval_every`` steps;
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import time
 from pathlib import Path
@@ -210,7 +209,6 @@ def train(config: GRPOConfig) -> dict[str, Any]:
         summary["eval"] = result
         if config.final == "best" and all(result["giou"] > giou for _, giou in run.evaluations):
             policy.save_pretrained(config.out / "best")
-            (config.out / "best" / "step.json").write_text(json.dumps({"step": row["step"], "giou": result["giou"]}))
         run.held_out(row["step"], result["giou"])
 
     if eval_items and start_step == 0:
@@ -274,9 +272,11 @@ def train(config: GRPOConfig) -> dict[str, Any]:
             torch.save({"optimizer": optimizer.state_dict(), "step": step, "rng": rng.getstate()},
                        checkpoint / "trainer_state.pt")
     held_out = f"held-out gIoU {summary['eval']['giou']:.4f} cIoU {summary['eval']['ciou']:.4f}; " if eval_items else ""
-    if config.final == "best" and (config.out / "best" / "step.json").is_file():
-        best_step = json.loads((config.out / "best" / "step.json").read_text())["step"]
+    if config.final == "best" and run.evaluations and (config.out / "best").is_dir():
+        # OUT/best holds the first evaluation no later one beat, as max() picks it.
+        best_step, best_giou = max(run.evaluations, key=lambda evaluation: evaluation[1])
         summary["final"] = run.save_final(_load(config, config.out / "best"), best_step, which="best")
+        held_out = f"held-out gIoU {best_giou:.4f}; "
         which = f"the best by held-out gIoU, step {best_step}"
     else:
         summary["final"] = run.save_final(policy, config.steps)
