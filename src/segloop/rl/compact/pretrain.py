@@ -37,6 +37,8 @@ if TYPE_CHECKING:
     from segloop.policies.compact.perception import PerceptionNet
 
 COLUMN = {name: i for i, name in enumerate(LABEL_COLUMNS)}
+# The figures each evaluation prints and the curves draw.
+FIGURES = ("loss_root", "loss_zoom", "recall", "top1", "top3", "judge_attribute_target", "judge_attribute_lookalike")
 
 
 class PretrainConfig(BaseModel):
@@ -232,9 +234,7 @@ def train(config: PretrainConfig) -> dict[str, Any]:
         if held_out is not None:
             row.update(probe(policy, held_out, config.eval_n))
         summary["last"] = run.write(row)
-        shown = ("loss_root", "loss_zoom", "recall", "top1", "top3", "judge_attribute_target",
-                 "judge_attribute_lookalike")
-        run.progress(step, {k: row.get(k) for k in shown}, force=True)
+        run.progress(step, {k: row.get(k) for k in FIGURES}, force=True)
         for values in losses.values():
             values.clear()
         tic = time.process_time()
@@ -261,6 +261,5 @@ def train(config: PretrainConfig) -> dict[str, Any]:
         else:
             run.progress(step, {f"loss_{k}": v[-1] for k, v in losses.items()})
     summary["final"] = run.save_final(policy, config.steps)
-    return run.finish(summary, ["loss_root", "loss_zoom", "recall", "top1", "top3", "judge_attribute_target",
-                                "judge_attribute_lookalike"], "dense pre-training of perception",
+    return run.finish(summary, FIGURES, "dense pre-training of perception",
                       f"model in {config.out / 'final'} (the last step, {config.steps})")

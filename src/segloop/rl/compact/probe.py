@@ -39,7 +39,7 @@ def _context(episode_id: str, query: str, image: np.ndarray, stack: ViewStack, p
     height, width = image.shape[:2]
     return PolicyContext(episode_id=episode_id, query=query, messages=list(messages), images=pictures,
                          view=stack.current, view_depth=len(stack.views) - 1, image_size=(width, height),
-                         turn=turn, max_turns=8)
+                         turn=turn, max_turns=8, greedy=True)
 
 
 def _holds(policy: CompactPolicy, parts: torch.Tensor, view: View, target: tuple[float, ...],
@@ -61,59 +61,54 @@ def probe(policy: CompactPolicy, cache: PerceptionCache, n: int) -> dict[str, fl
 
     spec = load_samples(cache.summary["data"])
     assert isinstance(spec, SynthSamples)
-    greedy = policy.greedy
-    policy.greedy = True
     policy.train(False)
     tallies: dict[str, list[float]] = {}
 
     def add(key: str, value: bool) -> None:
         tallies.setdefault(key, []).append(float(value))
 
-    try:
-        for scene in cache.scenes[:n]:
-            made = generate_scene(scene_seed(spec.seed, scene["scene"]), spec.size, spec.difficulty,
-                                  spec.no_target_rate)
-            image, query, kind = made.image, made.query, scene["kind"]
-            height, width = image.shape[:2]
-            target = box_of(made.mask) if made.mask is not None else None
-            for zoom_view in [None, *scene["zooms"]]:
-                if zoom_view is not None and zoom_view["name"] == "random":
-                    continue
-                episode_id = f"probe-{scene['scene']}-{zoom_view['name'] if zoom_view else 'root'}"
-                stack = ViewStack(width, height, policy.max_side)
-                pictures = {"request": render_view(image, stack.current)}
-                messages = [ChatMessage(role="system", content="tools"),
-                            ChatMessage(role="user", content=query, image_id="request")]
-                root = _context(episode_id, query, image, stack, pictures, messages, 0)
-                asyncio.run(policy.act(root))
-                if zoom_view is None:
-                    decision = (policy.end_episode(episode_id) or [None])[-1]
-                    assert decision is not None
-                    tool = int(decision.parts[PART["tool"]])
-                    if target is None:
-                        add("no_target", tool == TOOL["submit_no_target"])
-                    else:
-                        add("false_no_target", tool == TOOL["submit_no_target"])
-                        add("first_view_hit", tool == TOOL["zoom_in"] and _holds(
-                            policy, decision.parts, root.view, target, (width, height)))
-                        add("first_view_top3", _top3_holds(policy, decision, root.view, target, (width, height)))
+    for scene in cache.scenes[:n]:
+        made = generate_scene(scene_seed(spec.seed, scene["scene"]), spec.size, spec.difficulty,
+                              spec.no_target_rate)
+        image, query, kind = made.image, made.query, scene["kind"]
+        height, width = image.shape[:2]
+        target = box_of(made.mask) if made.mask is not None else None
+        for zoom_view in [None, *scene["zooms"]]:
+            if zoom_view is not None and zoom_view["name"] == "random":
+                continue
+            episode_id = f"probe-{scene['scene']}-{zoom_view['name'] if zoom_view else 'root'}"
+            stack = ViewStack(width, height, policy.max_side)
+            pictures = {"request": render_view(image, stack.current)}
+            messages = [ChatMessage(role="system", content="tools"),
+                        ChatMessage(role="user", content=query, image_id="request")]
+            root = _context(episode_id, query, image, stack, pictures, messages, 0)
+            asyncio.run(policy.act(root))
+            if zoom_view is None:
+                decision = (policy.end_episode(episode_id) or [None])[-1]
+                assert decision is not None
+                tool = int(decision.parts[PART["tool"]])
+                if target is None:
+                    add("no_target", tool == TOOL["submit_no_target"])
                 else:
-                    x1, y1, x2, y2 = zoom_view["box"]
-                    size = model_size(x2 - x1, y2 - y1, policy.max_side)
-                    view = View(PixelBox(x1, y1, x2, y2), *size)
-                    stack.views.append(view)
-                    pictures["turn_01"] = render_view(image, view)
-                    messages += [ChatMessage(role="assistant", content=format_call(
-                                     ZoomIn(bbox_2d=model_box(stack.views[0], (x1, y1, x2, y2))))),
-                                 ChatMessage(role="tool", content="Zoomed in.", image_id="turn_01")]
-                    judged = asyncio.run(policy.act(_context(episode_id, query, image, stack, pictures, messages, 1)))
-                    name = parse_turn(judged.text).action
-                    says_here = name is not None and name.name == "segment"
-                    is_target = zoom_view["name"] == "target"
-                    add(f"judge_{'target' if is_target else 'lookalike'}_{kind}", says_here == is_target)
-                    policy.end_episode(episode_id)
-    finally:
-        policy.greedy = greedy
+                    add("false_no_target", tool == TOOL["submit_no_target"])
+                    add("first_view_hit", tool == TOOL["zoom_in"] and _holds(
+                        policy, decision.parts, root.view, target, (width, height)))
+                    add("first_view_top3", _top3_holds(policy, decision, root.view, target, (width, height)))
+            else:
+                x1, y1, x2, y2 = zoom_view["box"]
+                size = model_size(x2 - x1, y2 - y1, policy.max_side)
+                view = View(PixelBox(x1, y1, x2, y2), *size)
+                stack.views.append(view)
+                pictures["turn_01"] = render_view(image, view)
+                messages += [ChatMessage(role="assistant", content=format_call(
+                                 ZoomIn(bbox_2d=model_box(stack.views[0], (x1, y1, x2, y2))))),
+                             ChatMessage(role="tool", content="Zoomed in.", image_id="turn_01")]
+                judged = asyncio.run(policy.act(_context(episode_id, query, image, stack, pictures, messages, 1)))
+                name = parse_turn(judged.text).action
+                says_here = name is not None and name.name == "segment"
+                is_target = zoom_view["name"] == "target"
+                add(f"judge_{'target' if is_target else 'lookalike'}_{kind}", says_here == is_target)
+                policy.end_episode(episode_id)
     for side in ("target", "lookalike"):
         values = [v for k, vs in tallies.items() if k.startswith(f"judge_{side}_") for v in vs]
         if values:
