@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import math
 import multiprocessing
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -167,18 +166,14 @@ def build(config: CacheConfig) -> dict[str, Any]:
     if not isinstance(spec, SynthSamples):
         raise ValueError("the perception cache is made from synth:... scenes")
     run = TrainingRun("cache", config, config.out, steps=1, seed=config.seed)
-    cpu, wall = time.process_time(), time.perf_counter()
     chunk = 250
     jobs = [(policy_config.model_dump(), config.data, s, min(s + chunk, len(spec)), config.seed)
             for s in range(0, len(spec), chunk)]
-    if config.workers > 1:
-        before = _children_cpu()
+    if config.workers > 1:  # the workers' CPU is in the run's timing once they have exited
         with multiprocessing.get_context("spawn").Pool(config.workers) as pool:
             shards = pool.map(_build_shard, jobs)
-        children = _children_cpu() - before  # the workers' CPU, counted once they have exited
     else:
         shards = [_build_shard(job) for job in jobs]
-        children = 0.0
     root_offset = zoom_offset = 0
     root_labels, zoom_labels, scenes = [], [], []
     for shard in shards:
@@ -203,19 +198,11 @@ def build(config: CacheConfig) -> dict[str, Any]:
             handle.write(json.dumps(scene) + "\n")
     summary = {"data": config.data, "seed": config.seed, "scenes": len(scenes), "root_views": root_offset,
                "zoom_views": zoom_offset, "objects_labelled": len(root_labels) + len(zoom_labels),
-               "cpu_s": round(time.process_time() - cpu + children, 1), "wall_s": round(time.perf_counter() - wall, 1),
-               "policy_config": policy_config.model_dump()}
+               **run.timing(), "policy_config": policy_config.model_dump()}
     (config.out / "config.json").write_text(json.dumps(summary, indent=1))
     return run.finish(summary, [], "perception cache",
                       f"{root_offset} full and {zoom_offset} zoomed views of {len(scenes)} scenes "
                       f"({summary['objects_labelled']} objects labelled) in {config.out}")
-
-
-def _children_cpu() -> float:
-    import resource
-
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 class PerceptionCache:
