@@ -299,15 +299,16 @@ class Agent:
             image_views[image_id] = list(stack.current.box.as_tuple())
         messages = [*state["messages"], {"role": "tool", "content": observation, "image_id": image_id}]
         action = parsed.action
+        raw_text = echo(pending["text"])
         record = TurnRecord(
-            turn=state["turn"], raw_text=echo(pending["text"]), thought=parsed.thought,
+            turn=state["turn"], raw_text=raw_text, thought=parsed.thought,
             action=action.model_dump(exclude_none=True) if action is not None else None,
             error=error, observation=observation,
             observation_image=f"turn_{turn:02d}.png" if image_id else None,
             view_box=acting_view.box.as_tuple(), policy_s=pending["policy_s"], tool_s=time.perf_counter() - tic,
             policy_info=pending.get("info") or {},
         )
-        ws.events.append(TurnEvent(turn=state["turn"], raw_text=echo(pending["text"]), thought=parsed.thought,
+        ws.events.append(TurnEvent(turn=state["turn"], raw_text=raw_text, thought=parsed.thought,
                                    action=action, call_text=parsed.call_text, error=error, observation=observation,
                                    image=picture, view=stack.current))
         update.update(
