@@ -29,14 +29,6 @@ INTRO = (
     "in the same conversation: the agent looks again from the whole image."
 )
 OPENAI_LABEL = "OpenAI-compatible server"
-
-
-def command_line_label(spec: AgentSpec) -> str:
-    """The page's name for the agent the demo was started with: the bundled one, or what the flags chose."""
-    if spec.policy == "compact" and spec.model is None:
-        return "offline agent (bundled)"
-    return f"the command line's agent ({spec.policy}{': ' + spec.model if spec.model else ''})"
-
 CSS = """
 #final-overlay img { object-fit: contain; }
 #status { min-height: 2.5em; }
@@ -69,6 +61,13 @@ FOLLOW_JS = """
   document.addEventListener('load', follow, true);
 }
 """
+
+
+def command_line_label(spec: AgentSpec) -> str:
+    """The page's name for the agent the demo was started with: the bundled one, or what the flags chose."""
+    if spec.policy == "compact" and spec.model is None:
+        return "offline agent (bundled)"
+    return f"the command line's agent ({spec.policy}{': ' + spec.model if spec.model else ''})"
 
 
 def build_app(backends: Backends, out_dir: Path, work_root: Path | None = None) -> Any:
