@@ -191,7 +191,7 @@ class _Writer:
             self._handle.write(redact(json.dumps(record)) + "\n")
             self._handle.flush()
         except OSError as exc:
-            raise WriteError(exc.errno, f"cannot write {self.path}: {exc.strerror or exc}") from None
+            raise WriteError.naming(self.path, exc) from None
         self._written += 1
         if self._syncing is None or self._syncing.done():
             if self._syncing is not None:
@@ -204,7 +204,7 @@ class _Writer:
             try:
                 await asyncio.to_thread(os.fsync, self._handle.fileno())
             except OSError as exc:
-                raise WriteError(exc.errno, f"cannot write {self.path}: {exc.strerror or exc}") from None
+                raise WriteError.naming(self.path, exc) from None
             self._synced = target
 
     async def close(self) -> None:
@@ -216,7 +216,7 @@ class _Writer:
             try:  # what a failed write left in the buffer fails again here
                 self._handle.close()
             except OSError as exc:
-                raise WriteError(exc.errno, f"cannot write {self.path}: {exc.strerror or exc}") from None
+                raise WriteError.naming(self.path, exc) from None
 
 
 def _stderr(line: str) -> None:

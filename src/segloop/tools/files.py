@@ -18,6 +18,11 @@ from segloop.tools.redaction import redact
 class WriteError(OSError):
     """A file could not be written; the message names it."""
 
+    @classmethod
+    def naming(cls, path: str | Path, exc: OSError) -> WriteError:
+        """``exc`` (which, raised by a full disk, names no file) as the error of writing ``path``."""
+        return cls(exc.errno, f"cannot write {path}: {exc.strerror or exc}")
+
 
 def write_bytes(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` through a temporary file renamed into place."""
@@ -30,7 +35,7 @@ def write_bytes(path: str | Path, data: bytes) -> Path:
     except OSError as exc:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
-        raise WriteError(exc.errno, f"cannot write {path}: {exc.strerror or exc}") from None
+        raise WriteError.naming(path, exc) from None
     return path
 
 
